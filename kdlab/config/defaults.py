@@ -1,0 +1,202 @@
+"""Every config key, defined once, with its meaning.
+
+Key names follow mdistiller so that its YAML files and the logit-standardization-KD ones
+load unchanged. Where the two codebases' defaults differ, kdlab keeps mdistiller's
+(KD.TEMPERATURE 4, KD.LOSS.KD_WEIGHT 0.9, LOG.WANDB off); `--logit-stand` sets the
+logit-standardization values explicitly.
+"""
+
+from yacs.config import CfgNode as CN
+
+_C = CN()
+
+# ---------------------------------------------------------------- experiment
+_C.EXPERIMENT = CN()
+_C.EXPERIMENT.PROJECT = "distill"  # run dir: LOG.PREFIX/PROJECT/<NAME or TAG>
+_C.EXPERIMENT.NAME = ""  # run name; empty -> TAG is used
+_C.EXPERIMENT.TAG = "default"  # comma-separated tags (mdistiller convention)
+_C.EXPERIMENT.LOGIT_STAND = False  # z-score logits before KD (set by --logit-stand)
+_C.EXPERIMENT.SEED = 0  # seeds model init, data order, augmentation and dropout
+_C.EXPERIMENT.DETERMINISTIC = False  # torch.use_deterministic_algorithms (slower on CUDA)
+
+# ---------------------------------------------------------------- dataset
+_C.DATASET = CN()
+_C.DATASET.TYPE = "cifar100"  # digits | cifar10 | cifar100 | imagenette | imagenet | voc
+_C.DATASET.ROOT = "./data"  # folder holding the dataset's standard top folder
+_C.DATASET.DOWNLOAD = False  # download when missing (never by default)
+_C.DATASET.NUM_WORKERS = 2  # DataLoader worker processes (0 = load in the main process)
+_C.DATASET.VARIANT = ""  # imagenette: imagenette2 | imagenette2-320 | imagenette2-160
+_C.DATASET.IMAGE_SIZE = 0  # training resolution; 0 = the dataset's default
+_C.DATASET.AUGMENT = True  # training augmentation on/off
+_C.DATASET.GPU_AUGMENT = True  # in-memory datasets: augment whole batches on the device
+_C.DATASET.TEST = CN()
+_C.DATASET.TEST.BATCH_SIZE = 64  # evaluation batch size
+
+# ---------------------------------------------------------------- distiller
+_C.DISTILLER = CN()
+_C.DISTILLER.TYPE = "NONE"  # NONE (vanilla) | KD | DKD | MLKD | FITNET | CONKD | ...
+_C.DISTILLER.TEACHER = "ResNet50"  # teacher model name (see the model list)
+_C.DISTILLER.STUDENT = "resnet32"  # student model name
+_C.DISTILLER.TEACHER_CKPT = ""  # teacher weights; empty -> download_ckpts/ default path
+_C.DISTILLER.TEACHER_PRETRAINED = ""  # torchvision weights name/file for ImageNet teachers
+_C.DISTILLER.STUDENT_PRETRAINED = ""  # optional initial student weights (file or name)
+_C.DISTILLER.MODEL_KWARGS = CN(new_allowed=True)  # extra keyword args for both builders
+_C.DISTILLER.MODEL_KWARGS.DROPOUT = 0.0  # dropout before the classifier (scaled CNNs)
+
+# ---------------------------------------------------------------- solver
+_C.SOLVER = CN()
+_C.SOLVER.TRAINER = "base"  # base | aug (two views, MLKD) | crd | dot | ours (aliases)
+_C.SOLVER.BATCH_SIZE = 64  # global batch; under torchrun split evenly over ranks
+_C.SOLVER.EPOCHS = 240
+_C.SOLVER.LR = 0.05
+_C.SOLVER.LR_DECAY_STAGES = [150, 180, 210]  # multistep: epochs where LR *= DECAY_RATE
+_C.SOLVER.LR_DECAY_RATE = 0.1
+_C.SOLVER.WEIGHT_DECAY = 0.0001
+_C.SOLVER.MOMENTUM = 0.9  # SGD momentum; beta1 for Adam/AdamW/Lion
+_C.SOLVER.NESTEROV = False
+_C.SOLVER.BETAS = [0.9, 0.999]  # Adam/AdamW betas (Lion: [0.9, 0.99] recommended)
+_C.SOLVER.TYPE = "SGD"  # SGD | Adam | AdamW | Lion
+_C.SOLVER.SCHEDULER = "multistep"  # multistep | cosine | plateau | constant
+_C.SOLVER.WARMUP_EPOCHS = 0  # linear LR warm-up from WARMUP_FACTOR*LR over these epochs
+_C.SOLVER.WARMUP_FACTOR = 0.1
+_C.SOLVER.MIN_LR = 0.0  # cosine floor
+_C.SOLVER.PLATEAU_METRIC = "test_acc"  # plateau: test_acc (max) | test_loss (min)
+_C.SOLVER.PLATEAU_PATIENCE = 5
+_C.SOLVER.PLATEAU_FACTOR = 0.1
+_C.SOLVER.EARLY_STOP_PATIENCE = 0  # stop after N epochs without a better test_acc; 0 = off
+_C.SOLVER.GRAD_CLIP = 0.0  # max global grad norm; 0 = off
+_C.SOLVER.AMP = False  # autocast: bf16 on CPU/CUDA, fp16 (+GradScaler) if AMP_DTYPE=float16
+_C.SOLVER.AMP_DTYPE = "bfloat16"  # bfloat16 | float16 (CUDA only)
+_C.SOLVER.CHANNELS_LAST = False  # NHWC memory format for conv nets
+_C.SOLVER.COMPILE = False  # torch.compile the student and teacher
+_C.SOLVER.DEVICE = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
+_C.SOLVER.SKIP_NONFINITE = False  # skip a batch whose loss is NaN/Inf instead of stopping
+_C.SOLVER.DIST_BACKEND = ""  # torchrun: "" = nccl on CUDA, gloo on CPU
+_C.SOLVER.SYNC_BN = False  # torchrun: convert student BatchNorm to SyncBatchNorm
+_C.SOLVER.DOT = CN()
+_C.SOLVER.DOT.DELTA = 0.075  # DOT trainer (mdistiller): momentum delta
+
+# ---------------------------------------------------------------- logging
+_C.LOG = CN()
+_C.LOG.PREFIX = "./logs"  # root of run directories
+_C.LOG.TENSORBOARD_FREQ = 500  # iterations between TensorBoard scalar writes
+_C.LOG.SAVE_CHECKPOINT_FREQ = 40  # keep an extra checkpoint every N epochs
+_C.LOG.WANDB = False  # Weights & Biases logging (off; kdlab never needs the network)
+_C.LOG.PROGRESS = True  # tqdm progress bar
+
+# ================================================================ methods
+# KD (Hinton et al. 2015) -- also used by MLKD
+_C.KD = CN()
+_C.KD.TEMPERATURE = 4.0  # mdistiller's default; --logit-stand sets --base-temp (2)
+_C.KD.LOSS = CN()
+_C.KD.LOSS.CE_WEIGHT = 0.1
+_C.KD.LOSS.KD_WEIGHT = 0.9  # mdistiller's default; --logit-stand sets --kd-weight (9)
+
+# DKD (Zhao et al. CVPR 2022)
+_C.DKD = CN()
+_C.DKD.CE_WEIGHT = 1.0
+_C.DKD.ALPHA = 1.0  # TCKD weight; --logit-stand multiplies by --kd-weight
+_C.DKD.BETA = 8.0  # NCKD weight; --logit-stand multiplies by --kd-weight
+_C.DKD.T = 4.0  # --logit-stand sets --base-temp
+_C.DKD.WARMUP = 20  # epochs of linear warm-up of the KD terms
+
+# FitNet (Romero et al. 2015), and the combined CE + KD + feature objective
+_C.FITNET = CN()
+_C.FITNET.HINT_LAYER = 2  # index into feats["feats"] (0 = stem, 1..4 = stages)
+_C.FITNET.INPUT_SIZE = (32, 32)
+_C.FITNET.LOSS = CN()
+_C.FITNET.LOSS.CE_WEIGHT = 1.0
+_C.FITNET.LOSS.FEAT_WEIGHT = 100.0
+
+# ConKD: supervised contrastive + logit-standardized KD
+_C.CONKD = CN()
+_C.CONKD.CE_WEIGHT = 1.0
+_C.CONKD.KD_WEIGHT = 9.0
+_C.CONKD.SUPCON_WEIGHT = 0.1
+_C.CONKD.TEMPERATURE = 2.0  # KD base temperature (logits standardized)
+_C.CONKD.SUPCON_TEMPERATURE = 0.07
+_C.CONKD.PROJ_DIM = 128
+_C.CONKD.SUPCON_VARIANT = "khosla"  # khosla (Khosla et al. 2020) | seed (self as positive)
+
+# ---- the rest of mdistiller's set (keys accepted so its YAML files load)
+_C.AT = CN()
+_C.AT.P = 2
+_C.AT.LOSS = CN()
+_C.AT.LOSS.CE_WEIGHT = 1.0
+_C.AT.LOSS.FEAT_WEIGHT = 1000.0
+
+_C.RKD = CN()
+_C.RKD.DISTANCE_WEIGHT = 25
+_C.RKD.ANGLE_WEIGHT = 50
+_C.RKD.LOSS = CN()
+_C.RKD.LOSS.CE_WEIGHT = 1.0
+_C.RKD.LOSS.FEAT_WEIGHT = 1.0
+_C.RKD.PDIST = CN()
+_C.RKD.PDIST.EPSILON = 1e-12
+_C.RKD.PDIST.SQUARED = False
+
+_C.KDSVD = CN()
+_C.KDSVD.K = 1
+_C.KDSVD.LOSS = CN()
+_C.KDSVD.LOSS.CE_WEIGHT = 1.0
+_C.KDSVD.LOSS.FEAT_WEIGHT = 1.0
+
+_C.OFD = CN()
+_C.OFD.LOSS = CN()
+_C.OFD.LOSS.CE_WEIGHT = 1.0
+_C.OFD.LOSS.FEAT_WEIGHT = 0.001
+_C.OFD.CONNECTOR = CN()
+_C.OFD.CONNECTOR.KERNEL_SIZE = 1
+
+_C.NST = CN()
+_C.NST.LOSS = CN()
+_C.NST.LOSS.CE_WEIGHT = 1.0
+_C.NST.LOSS.FEAT_WEIGHT = 50.0
+
+_C.PKT = CN()
+_C.PKT.LOSS = CN()
+_C.PKT.LOSS.CE_WEIGHT = 1.0
+_C.PKT.LOSS.FEAT_WEIGHT = 30000.0
+
+_C.SP = CN()
+_C.SP.LOSS = CN()
+_C.SP.LOSS.CE_WEIGHT = 1.0
+_C.SP.LOSS.FEAT_WEIGHT = 3000.0
+
+_C.VID = CN()
+_C.VID.LOSS = CN()
+_C.VID.LOSS.CE_WEIGHT = 1.0
+_C.VID.LOSS.FEAT_WEIGHT = 1.0
+_C.VID.EPS = 1e-5
+_C.VID.INIT_PRED_VAR = 5.0
+_C.VID.INPUT_SIZE = (32, 32)
+
+_C.CRD = CN()
+_C.CRD.MODE = "exact"  # exact | relax
+_C.CRD.FEAT = CN()
+_C.CRD.FEAT.DIM = 128
+_C.CRD.FEAT.STUDENT_DIM = 256
+_C.CRD.FEAT.TEACHER_DIM = 256
+_C.CRD.LOSS = CN()
+_C.CRD.LOSS.CE_WEIGHT = 1.0
+_C.CRD.LOSS.FEAT_WEIGHT = 0.8
+_C.CRD.NCE = CN()
+_C.CRD.NCE.K = 16384
+_C.CRD.NCE.MOMENTUM = 0.5
+_C.CRD.NCE.TEMPERATURE = 0.07
+
+_C.REVIEWKD = CN()
+_C.REVIEWKD.CE_WEIGHT = 1.0
+_C.REVIEWKD.REVIEWKD_WEIGHT = 1.0
+_C.REVIEWKD.WARMUP_EPOCHS = 20
+_C.REVIEWKD.SHAPES = [1, 8, 16, 32]
+_C.REVIEWKD.OUT_SHAPES = [1, 8, 16, 32]
+_C.REVIEWKD.IN_CHANNELS = [64, 128, 256, 256]
+_C.REVIEWKD.OUT_CHANNELS = [64, 128, 256, 256]
+_C.REVIEWKD.MAX_MID_CHANNEL = 512
+_C.REVIEWKD.STU_PREACT = False
+
+
+def get_cfg() -> CN:
+    """Return a fresh, mutable copy of the default config."""
+    return _C.clone()

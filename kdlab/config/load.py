@@ -1,0 +1,202 @@
+"""Load, merge, validate and freeze configs, with errors a user can act on."""
+
+from __future__ import annotations
+
+import ast
+import os
+from typing import Any, Iterable
+
+import yaml
+from yacs.config import CfgNode as CN
+
+from kdlab.config.defaults import get_cfg
+from kdlab.errors import ConfigError
+from kdlab.registry import closest_names
+
+# The methods for which --logit-stand has a meaning, and what it sets.
+LOGIT_STAND_METHODS = ("KD", "DKD", "MLKD", "CONKD")
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Return value converted to the default's type, or raise ConfigError naming the key."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif isinstance(default, int) and not isinstance(value, bool):
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+        if value is None:
+            return ""
+    elif isinstance(default, (list, tuple)):
+        if isinstance(value, (list, tuple)):
+            return type(default)(value)
+    elif default is None:
+        return value
+    raise ConfigError(
+        f"{key}: expected {_type_name(default)} like {default!r}, got {_type_name(value)} {value!r}"
+    )
+
+
+def _parse_cli_value(text: str) -> Any:
+    """Parse a command-line override the way yacs does (Python literal, else string)."""
+    if not isinstance(text, str):
+        return text
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        if text.lower() in ("true", "false"):
+            return text.lower() == "true"
+        return text
+
+
+def _unknown_key(full_key: str, node: CN) -> ConfigError:
+    parent, _, leaf = full_key.rpartition(".")
+    near = closest_names(leaf, list(node.keys()))
+    near = [f"{parent + '.' if parent else ''}{n}" for n in near]
+    hint = f"; did you mean {', '.join(near)}?" if near else ""
+    return ConfigError(f"unknown config key {full_key}{hint}")
+
+
+def merge_dict(cfg: CN, data: dict, prefix: str = "") -> None:
+    """Merge a nested dict into cfg, checking every key exists and every type fits."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {_type_name(data)}")
+    for raw_key, value in data.items():
+        key = str(raw_key)
+        full_key = f"{prefix}{key}"
+        if key not in cfg:
+            if cfg.is_new_allowed():
+                cfg[key] = CN(value) if isinstance(value, dict) else value
+                continue
+            raise _unknown_key(full_key, cfg)
+        default = cfg[key]
+        if isinstance(default, CN):
+            if value is None:
+                continue
+            merge_dict(default, value, full_key + ".")
+        else:
+            cfg[key] = _coerce(full_key, value, default)
+
+
+def merge_opts(cfg: CN, opts: Iterable[str]) -> None:
+    """Merge `KEY VALUE` pairs (command line) into cfg."""
+    opts = list(opts)
+    if len(opts) % 2:
+        raise ConfigError(
+            f"overrides must be KEY VALUE pairs; {opts[-1]!r} has no value "
+            "(example: SOLVER.LR 0.1)"
+        )
+    for key, text in zip(opts[0::2], opts[1::2]):
+        node, parts = cfg, key.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, CN) or part not in node:
+                here = node if isinstance(node, CN) else CN()
+                if isinstance(node, CN) and node.is_new_allowed() and i == len(parts) - 1:
+                    node[part] = _parse_cli_value(text)
+                    break
+                raise _unknown_key(".".join(parts[: i + 1]), here)
+            if i == len(parts) - 1:
+                if isinstance(node[part], CN):
+                    raise ConfigError(f"{key} is a group; set one of its keys, e.g. {key}.{next(iter(node[part]))}")
+                node[part] = _coerce(key, _parse_cli_value(text), node[part])
+            else:
+                node = node[part]
+
+
+def read_yaml(path: str) -> dict:
+    """Read a YAML config file (safe loader) with a clear error when it is missing or broken."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of config groups")
+    base = data.pop("_BASE_", None)
+    if base:
+        parent = read_yaml(os.path.join(os.path.dirname(path), base))
+        _deep_update(parent, data)
+        data = parent
+    return data
+
+
+def _deep_update(into: dict, new: dict) -> None:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _deep_update(into[k], v)
+        else:
+            into[k] = v
+
+
+def apply_logit_stand(cfg: CN, base_temp: float, kd_weight: float) -> None:
+    """Apply --logit-stand exactly as logit-standardization-KD's tools/train.py does."""
+    method = cfg.DISTILLER.TYPE
+    if method not in LOGIT_STAND_METHODS:
+        raise ConfigError(
+            f"--logit-stand is not supported for DISTILLER.TYPE {method!r}; "
+            f"it applies to {', '.join(LOGIT_STAND_METHODS)}"
+        )
+    cfg.EXPERIMENT.LOGIT_STAND = True
+    if method in ("KD", "MLKD"):
+        cfg.KD.TEMPERATURE = float(base_temp)
+        cfg.KD.LOSS.KD_WEIGHT = float(kd_weight)
+    elif method == "DKD":
+        cfg.DKD.ALPHA = cfg.DKD.ALPHA * kd_weight
+        cfg.DKD.BETA = cfg.DKD.BETA * kd_weight
+        cfg.DKD.T = float(base_temp)
+    elif method == "CONKD":
+        cfg.CONKD.TEMPERATURE = float(base_temp)
+        cfg.CONKD.KD_WEIGHT = float(kd_weight)
+
+
+def load_cfg(
+    path: str | None = None,
+    opts: Iterable[str] = (),
+    logit_stand: bool = False,
+    base_temp: float = 2.0,
+    kd_weight: float = 9.0,
+    validate: bool = True,
+) -> CN:
+    """Return the defaults merged with the YAML file, the overrides and --logit-stand, frozen."""
+    cfg = get_cfg()
+    if path:
+        merge_dict(cfg, read_yaml(path))
+    merge_opts(cfg, opts)
+    if logit_stand:
+        apply_logit_stand(cfg, base_temp, kd_weight)
+    if validate:
+        from kdlab.config.validate import validate_cfg
+
+        validate_cfg(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def run_name(cfg: CN) -> str:
+    """The run folder name: EXPERIMENT.NAME, else EXPERIMENT.TAG."""
+    return cfg.EXPERIMENT.NAME or cfg.EXPERIMENT.TAG
+
+
+def run_dir(cfg: CN) -> str:
+    """LOG.PREFIX/EXPERIMENT.PROJECT/<NAME or TAG>."""
+    return os.path.join(cfg.LOG.PREFIX, cfg.EXPERIMENT.PROJECT, run_name(cfg))

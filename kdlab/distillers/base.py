@@ -1,0 +1,77 @@
+"""The Distiller contract shared by every method (after mdistiller's _base.py)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Distiller(nn.Module):
+    """Holds a student, a frozen teacher (always in eval mode) and any extra trainable modules.
+
+    forward_train(image, target, **extras) -> (student_logits, {loss_name: scalar tensor});
+    the total loss is the sum of the dict. `extras` carries `epoch` (for warm-ups) and
+    `index` (for memory-bank methods). Two-view methods set `two_views = True` and receive
+    `image` as a tuple (weak, strong).
+    """
+
+    two_views: bool = False  # the data pipeline must deliver (weak, strong) views
+    supports_logit_stand: bool = False
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None = None) -> None:
+        super().__init__()
+        self.student = student
+        self.teacher = teacher
+        if teacher is not None:
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+            teacher.eval()
+
+    def train(self, mode: bool = True) -> "Distiller":
+        if not isinstance(mode, bool):
+            raise ValueError("training mode is expected to be boolean")
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def extra_modules(self) -> Iterator[nn.Module]:
+        """Trainable modules other than the student (connectors, projection heads)."""
+        return (m for name, m in self.named_children() if name not in ("student", "teacher"))
+
+    def learnable_parameters(self) -> list[nn.Parameter]:
+        params = list(self.student.parameters())
+        for module in self.extra_modules():
+            params.extend(p for p in module.parameters() if p.requires_grad)
+        return params
+
+    def extra_parameter_count(self) -> int:
+        """Number of trainable parameters the method adds on top of the student."""
+        return sum(p.numel() for m in self.extra_modules() for p in m.parameters())
+
+    @torch.no_grad()
+    def teacher_forward(self, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Run the frozen teacher without building a graph; outputs are safe to use in losses."""
+        logits, feats = self.teacher(image)
+        return logits, feats
+
+    def forward_train(self, image: Any, target: torch.Tensor, **extras: Any):
+        raise NotImplementedError
+
+    def forward_test(self, image: torch.Tensor) -> torch.Tensor:
+        return self.student(image)[0]
+
+    def forward(self, image: Any, target: torch.Tensor | None = None, **extras: Any):
+        if self.training:
+            return self.forward_train(image, target, **extras)
+        return self.forward_test(image)
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    """Cross-entropy in float32 whatever the autocast dtype of the logits."""
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    return F.cross_entropy(logits, target, **kwargs)

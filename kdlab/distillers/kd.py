@@ -1,0 +1,39 @@
+"""KD (Hinton et al. 2015), with optional logit standardization (Sun et al. CVPR 2024)."""
+
+from __future__ import annotations
+
+from kdlab.distillers.base import Distiller, cross_entropy
+from kdlab.distillers.build import DISTILLERS
+from kdlab.distillers.losses import kd_loss
+
+
+@DISTILLERS.register("KD")
+class KD(Distiller):
+    supports_logit_stand = True
+
+    def __init__(self, student, teacher, temperature: float, ce_weight: float, kd_weight: float, logit_stand: bool = False):
+        super().__init__(student, teacher)
+        self.temperature = temperature
+        self.ce_weight = ce_weight
+        self.kd_weight = kd_weight
+        self.logit_stand = logit_stand
+
+    @classmethod
+    def from_config(cls, cfg, student, teacher):
+        return cls(
+            student,
+            teacher,
+            temperature=cfg.KD.TEMPERATURE,
+            ce_weight=cfg.KD.LOSS.CE_WEIGHT,
+            kd_weight=cfg.KD.LOSS.KD_WEIGHT,
+            logit_stand=cfg.EXPERIMENT.LOGIT_STAND,
+        )
+
+    def forward_train(self, image, target, **extras):
+        logits_student, _ = self.student(image)
+        logits_teacher, _ = self.teacher_forward(image)
+        return logits_student, {
+            "loss_ce": self.ce_weight * cross_entropy(logits_student, target),
+            "loss_kd": self.kd_weight
+            * kd_loss(logits_student, logits_teacher, self.temperature, self.logit_stand),
+        }

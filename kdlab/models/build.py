@@ -1,0 +1,44 @@
+"""The model registry and build_model().
+
+Every registered builder is called as `builder(num_classes=..., **kwargs)` and returns an
+nn.Module whose forward(x) returns (logits, feats) with feats a dict holding
+"feats" (stem output, then each stage's output), "preact_feats" (the same before the last
+ReLU where that exists) and "pooled_feat" (the vector fed to the classifier).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn as nn
+
+from kdlab.registry import Registry
+
+MODELS = Registry("model")
+
+# mdistiller's ImageNet model names (used by its imagenet YAML files) -> kdlab names.
+IMAGENET_ALIASES = {
+    "ResNet18": "resnet18",
+    "ResNet34": "resnet34",
+    "ResNet50": "resnet50",
+    "ResNet101": "resnet101",
+    "MobileNetV2": "mobilenet_v2",
+}
+IMAGENET_SCALE_DATASETS = ("imagenet", "imagenette")
+
+
+def resolve_model_name(name: str, dataset_type: str = "") -> str:
+    """Map mdistiller's ImageNet names to torchvision ones when the dataset is ImageNet-scale."""
+    if dataset_type in IMAGENET_SCALE_DATASETS and name in IMAGENET_ALIASES:
+        alias = IMAGENET_ALIASES[name]
+        if alias in MODELS:
+            return alias
+    return name
+
+
+def build_model(name: str, num_classes: int, pretrained: str | None = None, **kwargs: Any) -> nn.Module:
+    """Build a registered model; `pretrained` is a local file or a torchvision weights name."""
+    builder = MODELS.get(name)
+    if pretrained:
+        kwargs["pretrained"] = pretrained
+    return builder(num_classes=num_classes, **kwargs)

@@ -1,0 +1,79 @@
+"""A scaled plain CNN family (depth, width, dropout from the config) for small data and quick students."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kdlab.models.build import MODELS
+
+
+class ConvBN(nn.Sequential):
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout))
+
+
+class SimpleCNN(nn.Module):
+    """stem -> `depth` stages (each `blocks` conv-BN-ReLU, then 2x down-sampling) -> pool -> dropout -> fc.
+
+    Stage i has width * 2**i channels. Works on any input of at least 2**(depth-1) pixels.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        width: int = 32,
+        depth: int = 3,
+        blocks: int = 1,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if depth < 1 or width < 1 or blocks < 1:
+            raise ValueError(f"SimpleCNN needs depth, width, blocks >= 1 (got {depth}, {width}, {blocks})")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"SimpleCNN dropout must be in [0, 1), got {dropout}")
+        self.stem = ConvBN(in_channels, width)
+        self.stages = nn.ModuleList()
+        cin = width
+        for i in range(depth):
+            cout = width * 2**i
+            convs = [ConvBN(cin if j == 0 else cout, cout, stride=2 if (j == 0 and i > 0) else 1) for j in range(blocks)]
+            self.stages.append(nn.ModuleList(convs))
+            cin = cout
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(cin, num_classes)
+        self.stage_channels = [width] + [width * 2**i for i in range(depth)]
+
+    def forward(self, x: torch.Tensor):
+        pre = self.stem(x)
+        x = F.relu(pre)
+        feats, preact = [x], [pre]
+        for stage in self.stages:
+            for conv in stage:
+                pre = conv(x)
+                x = F.relu(pre)
+            feats.append(x)
+            preact.append(pre)
+        pooled = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        logits = self.fc(self.dropout(pooled))
+        return logits, {"feats": feats, "preact_feats": preact, "pooled_feat": pooled}
+
+
+@MODELS.register("simple_cnn")
+def simple_cnn(num_classes: int, **kwargs) -> SimpleCNN:
+    """The configurable family: DISTILLER.MODEL_KWARGS.{WIDTH, DEPTH, BLOCKS, DROPOUT, IN_CHANNELS}."""
+    return SimpleCNN(num_classes, **kwargs)
+
+
+@MODELS.register("digits_teacher")
+def digits_teacher(num_classes: int = 10, in_channels: int = 1, dropout: float = 0.0, **kwargs) -> SimpleCNN:
+    """Teacher for 8x8 digits: widths 32/64/128, two convs per stage (~0.30 M parameters)."""
+    return SimpleCNN(num_classes, in_channels=in_channels, width=32, depth=3, blocks=2, dropout=dropout, **kwargs)
+
+
+@MODELS.register("digits_student")
+def digits_student(num_classes: int = 10, in_channels: int = 1, dropout: float = 0.0, **kwargs) -> SimpleCNN:
+    """Student for 8x8 digits: widths 16/32, one conv per stage (~7.6 K parameters)."""
+    return SimpleCNN(num_classes, in_channels=in_channels, width=16, depth=2, blocks=1, dropout=dropout, **kwargs)
