@@ -1,0 +1,97 @@
+"""The dataset registry and build_dataloaders().
+
+A dataset builder is registered with `@DATASETS.register("name")` and called as
+`builder(cfg, two_views=False) -> DatasetSplits`. Every dataset item is
+`(image, target, index)`; for two-view methods (MLKD) the training image is a tuple
+`(weak, strong)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from yacs.config import CfgNode
+
+from kdlab.data.sampling import ResumableSampler, SeededDataset, worker_init
+from kdlab.registry import Registry
+
+DATASETS = Registry("dataset")
+# Dataset names of the reference code that configs may name but kdlab does not read yet.
+NOT_YET_IMPLEMENTED = ("tiny_imagenet",)
+TWO_VIEW_TRAINERS = ("aug", "ours")
+TWO_VIEW_METHODS = ("MLKD", "KD_ours")
+
+
+@dataclass
+class DatasetSplits:
+    """What a dataset builder returns."""
+
+    train: Dataset
+    val: Dataset
+    num_classes: int
+    class_names: list[str]
+    task: str = "classification"  # classification | segmentation
+    in_channels: int = 3
+    input_size: tuple[int, int] = (32, 32)
+    # For in-memory datasets: a transform applied to whole batches on the training device,
+    # called as fn(batch, generator) -> batch. None when items are already transformed.
+    train_batch_transform: Optional[Callable] = None
+    val_batch_transform: Optional[Callable] = None
+    info: dict = field(default_factory=dict)  # e.g. which on-disk variant was used
+
+
+def wants_two_views(cfg: CfgNode) -> bool:
+    return cfg.SOLVER.TRAINER in TWO_VIEW_TRAINERS or cfg.DISTILLER.TYPE in TWO_VIEW_METHODS
+
+
+def build_datasets(cfg: CfgNode, two_views: bool | None = None) -> DatasetSplits:
+    """Build the configured dataset's train/val splits (no loaders)."""
+    if cfg.DATASET.TYPE in NOT_YET_IMPLEMENTED and cfg.DATASET.TYPE not in DATASETS:
+        from kdlab.errors import UnknownNameError
+
+        raise UnknownNameError(
+            f"DATASET.TYPE {cfg.DATASET.TYPE!r} is not supported by kdlab yet "
+            f"(supported: {', '.join(DATASETS.names())})"
+        )
+    if two_views is None:
+        two_views = wants_two_views(cfg)
+    return DATASETS.get(cfg.DATASET.TYPE)(cfg, two_views=two_views)
+
+
+def build_dataloaders(
+    cfg: CfgNode,
+    two_views: bool | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    splits: DatasetSplits | None = None,
+):
+    """Return (train_loader, val_loader, num_classes) for the configured dataset.
+
+    The training order and every random augmentation are functions of
+    (EXPERIMENT.SEED, epoch, sample index), so a resumed run sees exactly the same data.
+    Under torchrun each rank loads SOLVER.BATCH_SIZE // world_size images per step.
+    """
+    if splits is None:
+        splits = build_datasets(cfg, two_views)
+    seed = cfg.EXPERIMENT.SEED
+    per_rank = max(1, cfg.SOLVER.BATCH_SIZE // world_size)
+    train_set = SeededDataset(splits.train, seed)
+    sampler = ResumableSampler(len(train_set), seed=seed, shuffle=True, rank=rank, world_size=world_size)
+    workers = cfg.DATASET.NUM_WORKERS
+    common = dict(
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+        worker_init_fn=worker_init if workers > 0 else None,
+    )
+    train_loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler, drop_last=False, **common)
+    val_sampler = ResumableSampler(len(splits.val), seed=seed, shuffle=False, rank=rank, world_size=world_size, pad=False)
+    val_loader = DataLoader(
+        splits.val, batch_size=max(1, cfg.DATASET.TEST.BATCH_SIZE // world_size), sampler=val_sampler, **common
+    )
+    train_loader.splits = splits  # type: ignore[attr-defined]
+    val_loader.splits = splits  # type: ignore[attr-defined]
+    return train_loader, val_loader, splits.num_classes

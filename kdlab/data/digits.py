@@ -1,0 +1,78 @@
+"""scikit-learn's bundled 8x8 digits: the embedded default dataset, no download needed.
+
+Split: 80 % train / 20 % test, stratified, `train_test_split(random_state=0)` -- fixed,
+independent of EXPERIMENT.SEED, so every run is evaluated on the same 360 images.
+Images are 1x8x8 float tensors, pixel values /16 then standardized with the training
+set's mean and std.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset
+
+from kdlab.data.build import DATASETS, DatasetSplits
+
+SPLIT_SEED = 0
+TEST_FRACTION = 0.2
+
+
+class TensorImageDataset(Dataset):
+    """In-memory (image, target, index) dataset with an optional per-sample transform."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, transform=None) -> None:
+        self.images, self.targets, self.transform = images, targets, transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        image = self.images[index]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.targets[index]), index
+
+
+def random_shift(image: torch.Tensor, pad: int = 1) -> torch.Tensor:
+    """Random translation by up to `pad` pixels (zero padding), the digits augmentation."""
+    h, w = image.shape[-2:]
+    padded = torch.nn.functional.pad(image, (pad, pad, pad, pad))
+    i, j = torch.randint(0, 2 * pad + 1, (2,)).tolist()
+    return padded[..., i : i + h, j : j + w]
+
+
+def load_digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return (x_train, y_train, x_test, y_test) as float32 N x 1 x 8 x 8 and int64 tensors."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = digits.images.astype("float32") / 16.0
+    y = digits.target.astype("int64")
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=y
+    )
+    x_tr, x_te = torch.from_numpy(x_tr)[:, None], torch.from_numpy(x_te)[:, None]
+    mean, std = x_tr.mean(), x_tr.std()
+    return (x_tr - mean) / std, torch.from_numpy(y_tr), (x_te - mean) / std, torch.from_numpy(y_te)
+
+
+def _two_views(transform):
+    return lambda image: (transform(image), transform(image))
+
+
+@DATASETS.register("digits")
+def build_digits(cfg, two_views: bool = False) -> DatasetSplits:
+    x_tr, y_tr, x_te, y_te = load_digits_split()
+    train_tf = random_shift if cfg.DATASET.AUGMENT else None
+    if two_views:
+        train_tf = _two_views(train_tf or (lambda im: im))
+    return DatasetSplits(
+        train=TensorImageDataset(x_tr, y_tr, train_tf),
+        val=TensorImageDataset(x_te, y_te),
+        num_classes=10,
+        class_names=[str(i) for i in range(10)],
+        in_channels=1,
+        input_size=(8, 8),
+        info={"split": f"stratified 80/20, random_state={SPLIT_SEED}", "train": len(y_tr), "test": len(y_te)},
+    )

@@ -1,0 +1,86 @@
+"""From a frozen config to the objects a run needs: data, student, teacher, distiller, device."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+import torch.nn as nn
+from yacs.config import CfgNode
+
+from kdlab.data import DatasetSplits, build_datasets
+from kdlab.distillers import build_distiller, get_distiller_class
+from kdlab.errors import ConfigError, TeacherCheckpointNotFound
+from kdlab.models import build_model, load_weights, resolve_model_name
+
+log = logging.getLogger("kdlab")
+
+CIFAR_TEACHER_DIR = os.path.join("download_ckpts", "cifar_teachers")
+
+
+def select_device(cfg: CfgNode, local_rank: int | None = None) -> torch.device:
+    """SOLVER.DEVICE: auto -> cuda (this rank's GPU) when available, else cpu."""
+    name = cfg.SOLVER.DEVICE
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"SOLVER.DEVICE {cfg.SOLVER.DEVICE!r}: CUDA is not available here; use cpu or auto")
+        if name == "cuda" and local_rank is not None:
+            name = f"cuda:{local_rank}"
+    return torch.device(name)
+
+
+def model_kwargs(cfg: CfgNode, splits: DatasetSplits) -> dict:
+    """Keyword args for model builders: DISTILLER.MODEL_KWARGS (lower-cased) plus in_channels if not 3."""
+    kwargs = {k.lower(): v for k, v in cfg.DISTILLER.MODEL_KWARGS.items()}
+    if not kwargs.get("dropout"):
+        kwargs.pop("dropout", None)
+    if splits.in_channels != 3:
+        kwargs.setdefault("in_channels", splits.in_channels)
+    return kwargs
+
+
+def default_teacher_ckpt(cfg: CfgNode) -> str:
+    return os.path.join(CIFAR_TEACHER_DIR, f"{cfg.DISTILLER.TEACHER}_vanilla", "ckpt_epoch_240.pth")
+
+
+def build_student(cfg: CfgNode, splits: DatasetSplits) -> nn.Module:
+    name = resolve_model_name(cfg.DISTILLER.STUDENT, cfg.DATASET.TYPE)
+    model = build_model(name, splits.num_classes, pretrained=cfg.DISTILLER.STUDENT_PRETRAINED or None,
+                        **model_kwargs(cfg, splits))
+    return model
+
+
+def build_teacher(cfg: CfgNode, splits: DatasetSplits) -> nn.Module:
+    """Build the teacher and load its weights (TEACHER_CKPT, else TEACHER_PRETRAINED, else the default file)."""
+    name = resolve_model_name(cfg.DISTILLER.TEACHER, cfg.DATASET.TYPE)
+    kwargs = model_kwargs(cfg, splits)
+    kwargs.pop("dropout", None)
+    ckpt = cfg.DISTILLER.TEACHER_CKPT
+    if not ckpt and cfg.DISTILLER.TEACHER_PRETRAINED:
+        return build_model(name, splits.num_classes, pretrained=cfg.DISTILLER.TEACHER_PRETRAINED, **kwargs)
+    if not ckpt and cfg.DATASET.TYPE == "imagenet":
+        return build_model(name, splits.num_classes, pretrained="IMAGENET1K_V1", **kwargs)
+    ckpt = ckpt or default_teacher_ckpt(cfg)
+    if not os.path.isfile(ckpt):
+        raise TeacherCheckpointNotFound(
+            f"teacher checkpoint not found: {ckpt}; train a teacher (DISTILLER.TYPE NONE) or place "
+            "mdistiller's file there (see download_ckpts/README.md), or set DISTILLER.TEACHER_CKPT PATH"
+        )
+    teacher = build_model(name, splits.num_classes, **kwargs)
+    load_weights(teacher, ckpt, what="teacher checkpoint")
+    log.info("teacher %s loaded from %s", name, ckpt)
+    return teacher
+
+
+def build_everything(cfg: CfgNode, splits: DatasetSplits | None = None):
+    """Return (splits, distiller) for the config; the teacher is loaded and frozen."""
+    cls = get_distiller_class(cfg.DISTILLER.TYPE)
+    if splits is None:
+        splits = build_datasets(cfg, two_views=getattr(cls, "two_views", False) or None)
+    torch.manual_seed(cfg.EXPERIMENT.SEED)  # model initialization
+    student = build_student(cfg, splits)
+    teacher = None if not getattr(cls, "needs_teacher", True) else build_teacher(cfg, splits)
+    return splits, build_distiller(cfg, student, teacher)

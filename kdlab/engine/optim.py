@@ -1,0 +1,151 @@
+"""Optimizers (SGD, Adam, AdamW, Lion) and epoch-level LR schedules with linear warm-up."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+from yacs.config import CfgNode
+
+from kdlab.registry import Registry
+
+OPTIMIZERS = Registry("optimizer")
+SCHEDULERS = Registry("scheduler")
+
+
+def _fused_ok(params: list[torch.nn.Parameter]) -> bool:
+    """Fused kernels need every parameter on one floating-point device type that has them."""
+    devices = {p.device.type for p in params}
+    return len(devices) == 1 and devices <= {"cuda", "cpu"} and all(p.is_floating_point() for p in params)
+
+
+@OPTIMIZERS.register("SGD")
+def sgd(params, cfg: CfgNode) -> torch.optim.Optimizer:
+    return torch.optim.SGD(
+        params, lr=cfg.SOLVER.LR, momentum=cfg.SOLVER.MOMENTUM, weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+        nesterov=cfg.SOLVER.NESTEROV, fused=_fused_ok(params) or None,
+    )
+
+
+@OPTIMIZERS.register("Adam")
+def adam(params, cfg: CfgNode) -> torch.optim.Optimizer:
+    return torch.optim.Adam(
+        params, lr=cfg.SOLVER.LR, betas=tuple(cfg.SOLVER.BETAS), weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+        fused=_fused_ok(params) or None,
+    )
+
+
+@OPTIMIZERS.register("AdamW")
+def adamw(params, cfg: CfgNode) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(
+        params, lr=cfg.SOLVER.LR, betas=tuple(cfg.SOLVER.BETAS), weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+        fused=_fused_ok(params) or None,
+    )
+
+
+@OPTIMIZERS.register("Lion")
+def lion(params, cfg: CfgNode) -> torch.optim.Optimizer:
+    """Lion (Chen et al. 2023) from lion-pytorch; use ~3-10x smaller LR and larger weight decay than AdamW."""
+    from lion_pytorch import Lion
+
+    return Lion(params, lr=cfg.SOLVER.LR, betas=tuple(cfg.SOLVER.BETAS), weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: CfgNode) -> torch.optim.Optimizer:
+    return OPTIMIZERS.get(cfg.SOLVER.TYPE)(list(params), cfg)
+
+
+class EpochSchedule:
+    """LR as a function of the (1-based) epoch, mdistiller-style: set once at each epoch start."""
+
+    def __init__(self, cfg: CfgNode) -> None:
+        self.base_lr = cfg.SOLVER.LR
+        self.warmup = cfg.SOLVER.WARMUP_EPOCHS
+        self.warmup_factor = cfg.SOLVER.WARMUP_FACTOR
+        self.epochs = cfg.SOLVER.EPOCHS
+        self.cfg = cfg
+
+    def lr(self, epoch: int) -> float:
+        if self.warmup and epoch <= self.warmup:
+            frac = (epoch - 1) / self.warmup
+            return self.base_lr * (self.warmup_factor + (1 - self.warmup_factor) * frac)
+        return self.after_warmup(epoch)
+
+    def after_warmup(self, epoch: int) -> float:
+        raise NotImplementedError
+
+    def observe(self, metrics: dict) -> None:
+        """Called after each epoch's evaluation (plateau schedules react to it)."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+@SCHEDULERS.register("multistep")
+class MultiStep(EpochSchedule):
+    """LR * DECAY_RATE ** (number of LR_DECAY_STAGES strictly below epoch) -- mdistiller's rule."""
+
+    def after_warmup(self, epoch: int) -> float:
+        steps = sum(epoch > s for s in self.cfg.SOLVER.LR_DECAY_STAGES)
+        return self.base_lr * self.cfg.SOLVER.LR_DECAY_RATE**steps
+
+
+@SCHEDULERS.register("constant")
+class Constant(EpochSchedule):
+    def after_warmup(self, epoch: int) -> float:
+        return self.base_lr
+
+
+@SCHEDULERS.register("cosine")
+class Cosine(EpochSchedule):
+    """Half-cosine from LR to MIN_LR over the epochs after warm-up."""
+
+    def after_warmup(self, epoch: int) -> float:
+        span = max(1, self.epochs - self.warmup)
+        t = min(1.0, (epoch - 1 - self.warmup) / span)
+        lo = self.cfg.SOLVER.MIN_LR
+        return lo + (self.base_lr - lo) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+@SCHEDULERS.register("plateau")
+class Plateau(EpochSchedule):
+    """Reduce LR by PLATEAU_FACTOR after PLATEAU_PATIENCE epochs without improvement of PLATEAU_METRIC."""
+
+    def __init__(self, cfg: CfgNode) -> None:
+        super().__init__(cfg)
+        self.scale, self.best, self.bad_epochs = 1.0, None, 0
+        self.metric = cfg.SOLVER.PLATEAU_METRIC
+        self.maximize = not self.metric.endswith("loss")
+
+    def after_warmup(self, epoch: int) -> float:
+        return max(self.base_lr * self.scale, self.cfg.SOLVER.MIN_LR)
+
+    def observe(self, metrics: dict) -> None:
+        value = metrics[self.metric]
+        better = self.best is None or (value > self.best if self.maximize else value < self.best)
+        if better:
+            self.best, self.bad_epochs = value, 0
+            return
+        self.bad_epochs += 1
+        if self.bad_epochs > self.cfg.SOLVER.PLATEAU_PATIENCE:
+            self.scale *= self.cfg.SOLVER.PLATEAU_FACTOR
+            self.bad_epochs = 0
+
+    def state_dict(self) -> dict:
+        return {"scale": self.scale, "best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scale, self.best, self.bad_epochs = state["scale"], state["best"], state["bad_epochs"]
+
+
+def build_scheduler(cfg: CfgNode) -> EpochSchedule:
+    return SCHEDULERS.get(cfg.SOLVER.SCHEDULER)(cfg)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr

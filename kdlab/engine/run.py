@@ -1,0 +1,117 @@
+"""The training job end to end: run directory, builders, Trainer; used by tools/train.py and tests."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from typing import Optional
+
+from yacs.config import CfgNode
+
+from kdlab.config import run_dir as configured_run_dir
+from kdlab.data import build_dataloaders
+from kdlab.engine import distributed as dist_utils
+from kdlab.engine.builder import build_everything, select_device
+from kdlab.engine.loggers import setup_logging
+from kdlab.engine.trainer import Trainer
+from kdlab.errors import ConfigError
+
+log = logging.getLogger("kdlab")
+
+
+def _holds_run(path: str) -> bool:
+    return os.path.isdir(path) and any(
+        os.path.exists(os.path.join(path, f)) for f in ("latest", "metrics.json", "student_best")
+    )
+
+
+def choose_run_dir(cfg: CfgNode, resume: bool) -> str:
+    """The configured run dir; a new `<dir>-N` if it already holds a run and we are not resuming."""
+    base = configured_run_dir(cfg)
+    if resume or not _holds_run(base):
+        return base
+    n = 2
+    while _holds_run(f"{base}-{n}"):
+        n += 1
+    log.warning("run directory %s already holds a run; writing this one to %s-%d (use --resume to continue it)",
+                base, base, n)
+    return f"{base}-{n}"
+
+
+def prepare_run_dir(path: str) -> None:
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, ".write-test")
+        with open(probe, "w") as f:
+            f.write("")
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the run directory {path} ({exc.strerror}); set LOG.PREFIX to a writable folder"
+        ) from None
+
+
+def describe(cfg: CfgNode) -> str:
+    """One line saying what this run does, including whether logit standardization is on."""
+    method = cfg.DISTILLER.TYPE
+    who = cfg.DISTILLER.STUDENT if method == "NONE" else f"{cfg.DISTILLER.TEACHER} -> {cfg.DISTILLER.STUDENT}"
+    ls = "ON" if cfg.EXPERIMENT.LOGIT_STAND else "off"
+    return f"{method} {who} on {cfg.DATASET.TYPE}, logit standardization {ls}"
+
+
+def train(cfg: CfgNode, resume: bool = False, install_signal_handlers: bool = False) -> dict:
+    """Train the configured run; return the metrics summary (also written to metrics.json)."""
+    setup_logging()
+    run_dir = choose_run_dir(cfg, resume)
+    if resume and not os.path.isfile(os.path.join(run_dir, "latest")):
+        raise ConfigError(f"--resume: no checkpoint {os.path.join(run_dir, 'latest')}; run without --resume")
+    if dist_utils.is_main():
+        prepare_run_dir(run_dir)
+        with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:
+            f.write(f"# {describe(cfg)}\n")
+            f.write(cfg.dump())
+    device = select_device(cfg, int(os.environ.get("LOCAL_RANK", "0")) if dist_utils.is_distributed() else None)
+    splits, distiller = build_everything(cfg)
+    distiller.to(device)
+    if cfg.SOLVER.CHANNELS_LAST:
+        import torch
+
+        distiller.to(memory_format=torch.channels_last)
+    train_loader, val_loader, _ = build_dataloaders(
+        cfg, rank=dist_utils.rank(), world_size=dist_utils.world_size(), splits=splits
+    )
+    trainer = Trainer(cfg, distiller, train_loader, val_loader, run_dir, device)
+    log.info("run: %s", describe(cfg))
+    log.info("run directory: %s | device: %s | AMP: %s", run_dir, device,
+             cfg.SOLVER.AMP_DTYPE if cfg.SOLVER.AMP else "off")
+    if cfg.DISTILLER.TYPE != "NONE":
+        log.info("extra parameters of %s: %d", cfg.DISTILLER.TYPE, distiller.extra_parameter_count())
+    if resume:
+        trainer.resume()
+    previous = _install_handlers(trainer) if install_signal_handlers else None
+    try:
+        summary = trainer.fit()
+    finally:
+        if previous:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    log.info("done: last top-1 %.2f, best top-1 %.2f (epoch %d); %s",
+             summary["last_acc"] or 0.0, summary["best_acc"] or 0.0, summary["best_epoch"], run_dir)
+    summary["run_dir"] = run_dir
+    return summary
+
+
+def _install_handlers(trainer: Trainer) -> Optional[dict]:
+    """First Ctrl-C/SIGTERM: finish the current step, save a resumable checkpoint, stop. Second: abort."""
+
+    def handler(signum, frame):
+        if trainer.stop_requested:
+            raise KeyboardInterrupt
+        trainer.stop_requested = True
+        log.warning("stop requested; saving a resumable checkpoint after this step (Ctrl-C again to abort)")
+
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, handler)
+    return previous

@@ -1,0 +1,359 @@
+"""One Trainer for every method: epoch loop, AMP, checkpoints, exact resume, logging.
+
+Determinism: at the start of epoch e the global RNGs are seeded from (SEED, e), the data
+order is a permutation seeded from (SEED, e) and each sample's augmentation is seeded from
+(SEED, e, index), so a run resumed from any checkpoint repeats exactly what an
+uninterrupted run does (bit-identical on CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import time
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+from yacs.config import CfgNode
+
+from kdlab.data.sampling import mix_seed
+from kdlab.engine import distributed as dist_utils
+from kdlab.engine.checkpoint import FORMAT, FORMAT_VERSION, atomic_save, load_training_state
+from kdlab.engine.loggers import RunLogger
+from kdlab.engine.metrics import evaluate, topk_correct
+from kdlab.engine.optim import build_optimizer, build_scheduler, set_lr
+from kdlab.errors import CheckpointError, NonFiniteLossError
+
+log = logging.getLogger("kdlab")
+
+
+def autocast_context(cfg: CfgNode, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """A factory of autocast contexts for SOLVER.AMP (bf16 on CPU/CUDA, fp16 on CUDA)."""
+    if not cfg.SOLVER.AMP:
+        return contextlib.nullcontext
+    dtype = getattr(torch, cfg.SOLVER.AMP_DTYPE)
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_device(x: Any, device: torch.device, channels_last: bool = False) -> Any:
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to_device(v, device, channels_last) for v in x)
+    x = x.to(device, non_blocking=True)
+    if channels_last and x.dim() == 4 and x.is_floating_point():
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised after Ctrl-C once a resumable checkpoint has been written."""
+
+
+class Trainer:
+    """Trains `distiller` on the loaders; writes everything into `run_dir` (rank 0 only)."""
+
+    def __init__(
+        self,
+        cfg: CfgNode,
+        distiller: nn.Module,
+        train_loader,
+        val_loader,
+        run_dir: str,
+        device: torch.device,
+        model: Optional[nn.Module] = None,
+    ) -> None:
+        self.cfg, self.distiller, self.device = cfg, distiller, device
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.run_dir = run_dir
+        self.model = model if model is not None else distiller  # DDP-wrapped in distributed runs
+        splits = getattr(train_loader, "splits", None)
+        self.num_classes = splits.num_classes if splits is not None else None
+        self.train_batch_transform = splits.train_batch_transform if splits is not None else None
+        self.val_batch_transform = splits.val_batch_transform if splits is not None else None
+        self.channels_last = cfg.SOLVER.CHANNELS_LAST
+        self.optimizer = build_optimizer(distiller.learnable_parameters(), cfg)
+        self.scheduler = build_scheduler(cfg)
+        self.autocast = autocast_context(cfg, device)
+        use_scaler = cfg.SOLVER.AMP and cfg.SOLVER.AMP_DTYPE == "float16"
+        self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+        self.is_main = dist_utils.is_main()
+        self.logger = RunLogger(cfg, run_dir, enabled=self.is_main)
+        self.epoch = 0  # last completed epoch
+        self.global_step = 0
+        self.best_acc, self.best_epoch = -1.0, 0
+        self.bad_epochs = 0
+        self.history: list[dict] = []
+        self.train_time = 0.0
+        self._resume_step = 0  # batches of the current epoch already done (mid-epoch resume)
+        self._partial: Optional[dict] = None
+        self._partial_steps = 0
+        self.stop_requested = False  # set by a SIGINT/SIGTERM handler; checked between steps
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self, step_in_epoch: int = 0, partial: Optional[dict] = None) -> dict:
+        distiller_state = {k: v for k, v in self.distiller.state_dict().items() if not k.startswith("teacher.")}
+        return {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "epoch": self.epoch,
+            "step_in_epoch": step_in_epoch,
+            "partial": partial,
+            "global_step": self.global_step,
+            "model": distiller_state,
+            "student": self.distiller.student.state_dict(),
+            "arch": self.cfg.DISTILLER.STUDENT,
+            "num_classes": self.num_classes,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+            "best_acc": self.best_acc,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "history": self.history,
+            "train_time": self.train_time,
+            "config": self.cfg.dump(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        missing = self.distiller.load_state_dict(state["model"], strict=False)
+        bad = [k for k in missing.missing_keys if not k.startswith("teacher.")] + list(missing.unexpected_keys)
+        if bad:
+            raise CheckpointError(f"checkpoint does not fit this run's model: key {bad[0]!r}")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.global_step = state["epoch"], state["global_step"]
+        self.best_acc, self.best_epoch = state["best_acc"], state["best_epoch"]
+        self.bad_epochs = state.get("bad_epochs", 0)
+        self.history, self.train_time = list(state["history"]), state["train_time"]
+        self._resume_step, self._partial = state.get("step_in_epoch", 0), state.get("partial")
+        self._resume_rng = state["rng"] if self._resume_step else None
+
+    def resume(self, path: Optional[str] = None) -> None:
+        path = path or os.path.join(self.run_dir, "latest")
+        if not os.path.isfile(path):
+            raise CheckpointError(f"--resume: no checkpoint at {path}; start the run without --resume")
+        self.load_state_dict(load_training_state(path))
+        where = f"epoch {self.epoch}" + (f" + {self._resume_step} steps" if self._resume_step else "")
+        log.info("resumed from %s (%s)", path, where)
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> dict:
+        """Train until SOLVER.EPOCHS (or early stop); return the final metrics summary."""
+        epochs = self.cfg.SOLVER.EPOCHS
+        try:
+            while self.epoch < epochs:
+                if self._early_stop():
+                    log.info("early stop: no better test_acc for %d epochs", self.bad_epochs)
+                    break
+                self.train_epoch(self.epoch + 1)
+        finally:
+            self.logger.close()
+        return self.summary()
+
+    def _early_stop(self) -> bool:
+        patience = self.cfg.SOLVER.EARLY_STOP_PATIENCE
+        return bool(patience) and self.bad_epochs >= patience
+
+    def _begin_epoch(self, epoch: int) -> None:
+        seed_everything(mix_seed(self.cfg.EXPERIMENT.SEED, epoch, 1))
+        start = self._resume_step * self.train_loader.batch_size
+        self.train_loader.sampler.set_epoch(epoch, start=start)
+        if hasattr(self.train_loader.dataset, "set_epoch"):
+            self.train_loader.dataset.set_epoch(epoch)
+        if self._resume_step and self._resume_rng is not None:
+            set_rng_state(self._resume_rng)
+
+    def train_epoch(self, epoch: int) -> dict:
+        self._begin_epoch(epoch)
+        lr = self.scheduler.lr(epoch)
+        set_lr(self.optimizer, lr)
+        self.distiller.train()
+        sums = torch.zeros(4, device=self.device, dtype=torch.float64)  # loss, top1, count, finite
+        if self._partial:
+            sums += torch.tensor(self._partial["sums"], dtype=torch.float64, device=self.device)
+        self._partial_steps = self._partial["steps"] if self._partial else 0
+        step0, self._resume_step, self._partial = self._resume_step, 0, None
+        t0 = time.perf_counter()
+        bar = self.logger.progress(len(self.train_loader), f"epoch {epoch}/{self.cfg.SOLVER.EPOCHS}")
+        steps_done = 0
+        loss_terms: dict = {}
+        for step, batch in enumerate(self.train_loader, start=step0):
+            loss_terms = self.train_step(batch, epoch, step, sums)
+            self.global_step += 1
+            steps_done += 1
+            if self.global_step % max(1, self.cfg.LOG.TENSORBOARD_FREQ) == 0:
+                self._check_finite(loss_terms, epoch, step)
+                self.logger.scalars({f"train/{k}": v.item() for k, v in loss_terms.items()}, self.global_step)
+            bar.update()
+            if self.stop_requested:
+                bar.close()
+                self._interrupted(epoch, step + 1, sums, time.perf_counter() - t0)
+                raise TrainingInterrupted(f"interrupted at epoch {epoch} step {step + 1}")
+        bar.close()
+        self.train_time += time.perf_counter() - t0
+        if not self.cfg.SOLVER.SKIP_NONFINITE and sums[3].item() < steps_done + (self._partial_steps or 0):
+            self._check_finite(loss_terms, epoch, step0 + steps_done - 1)
+            raise NonFiniteLossError(
+                f"a non-finite loss occurred during epoch {epoch}; the last good checkpoint is kept; "
+                "lower SOLVER.LR, enable SOLVER.GRAD_CLIP, or set SOLVER.SKIP_NONFINITE True"
+            )
+        n = max(sums[2].item(), 1.0)
+        train_metrics = {"train_loss": sums[0].item() / n, "train_acc": 100.0 * sums[1].item() / n}
+        test_metrics = self.evaluate()
+        self.scheduler.observe(test_metrics)
+        self.epoch = epoch
+        record = {"epoch": epoch, "lr": lr, **train_metrics,
+                  **{k: v for k, v in test_metrics.items() if k != "num_samples"},
+                  "time_s": round(time.perf_counter() - t0, 3)}
+        self.history.append(record)
+        improved = test_metrics["test_acc"] > self.best_acc
+        if improved:
+            self.best_acc, self.best_epoch, self.bad_epochs = test_metrics["test_acc"], epoch, 0
+        else:
+            self.bad_epochs += 1
+        self._save(epoch, improved)
+        self.logger.epoch(record, self.best_acc)
+        self.logger.write_metrics(self.summary())
+        return record
+
+    def train_step(self, batch, epoch: int, step: int, sums: torch.Tensor) -> dict:
+        """One optimization step; accumulates loss/accuracy sums on device (no host sync)."""
+        image, target, index = batch
+        image = _to_device(image, self.device, self.channels_last)
+        target = target.to(self.device, non_blocking=True)
+        if self.train_batch_transform is not None:
+            g = torch.Generator(device=self.device).manual_seed(mix_seed(self.cfg.EXPERIMENT.SEED, epoch, step, 2))
+            image = self.train_batch_transform(image, g)
+            if self.channels_last:
+                image = _to_device(image, self.device, True)
+        with self.autocast():
+            logits, losses = self.model(image, target, epoch=epoch, index=index)
+        loss = sum(losses.values())
+        finite = torch.isfinite(loss.detach())
+        if self.cfg.SOLVER.SKIP_NONFINITE and not bool(finite):
+            log.warning("epoch %d step %d: non-finite loss (%s), batch skipped", epoch, step, self._terms(losses))
+            self.optimizer.zero_grad(set_to_none=True)
+            return {k: v.detach() for k, v in losses.items()}
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.SOLVER.GRAD_CLIP > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.distiller.learnable_parameters(), self.cfg.SOLVER.GRAD_CLIP)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        bs = target.shape[0]
+        with torch.no_grad():
+            top1 = topk_correct(logits.detach().float(), target, (1,))[0]
+            sums += torch.stack([loss.detach().double() * bs, top1.double(),
+                                 torch.tensor(bs, dtype=torch.float64, device=sums.device),
+                                 finite.double()])
+        return {k: v.detach() for k, v in losses.items()}
+
+    @staticmethod
+    def _terms(losses: dict) -> str:
+        return ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+
+    def _check_finite(self, losses: dict, epoch: int, step: int) -> None:
+        if self.cfg.SOLVER.SKIP_NONFINITE:
+            return
+        bad = [k for k, v in losses.items() if not torch.isfinite(v).all()]
+        if bad:
+            raise NonFiniteLossError(
+                f"non-finite loss at epoch {epoch} step {step} (global step {self.global_step}): "
+                f"{self._terms(losses)}; first bad term {bad[0]!r}. The last good checkpoint is kept; "
+                "lower SOLVER.LR, enable SOLVER.GRAD_CLIP, or set SOLVER.SKIP_NONFINITE True"
+            )
+
+    def evaluate(self) -> dict:
+        self.distiller.eval()
+        vt = self.val_batch_transform
+        return evaluate(
+            self.distiller.forward_test, self.val_loader, self.device, self.num_classes or 1,
+            batch_transform=(lambda x: _to_device(vt(x), self.device, self.channels_last)) if vt
+            else (lambda x: _to_device(x, self.device, self.channels_last)),
+            autocast=self.autocast,
+        )
+
+    # ------------------------------------------------------------------ saving
+    def _student_file(self) -> dict:
+        return {"format": "kdlab-student", "model": self.distiller.student.state_dict(),
+                "arch": self.cfg.DISTILLER.STUDENT, "num_classes": self.num_classes, "epoch": self.epoch}
+
+    def _save(self, epoch: int, improved: bool) -> None:
+        if not self.is_main:
+            return
+        state = self.state_dict()
+        path = lambda name: os.path.join(self.run_dir, name)  # noqa: E731
+        atomic_save(state, path("latest"))
+        atomic_save(self._student_file(), path("student_latest"))
+        if improved:
+            atomic_save(state, path("best"))
+            atomic_save(self._student_file(), path("student_best"))
+        freq = self.cfg.LOG.SAVE_CHECKPOINT_FREQ
+        if freq and epoch % freq == 0:
+            atomic_save(state, path(f"epoch_{epoch}"))
+            atomic_save(self._student_file(), path(f"student_{epoch}"))
+
+    def _interrupted(self, epoch: int, done: int, sums: torch.Tensor, elapsed: float) -> None:
+        """Ctrl-C: save a resumable mid-epoch checkpoint after the last complete step."""
+        if not self.is_main:
+            return
+        self.train_time += elapsed
+        state = self.state_dict(step_in_epoch=done, partial={"sums": sums.cpu().tolist(), "steps": done})
+        atomic_save(state, os.path.join(self.run_dir, "latest"))
+        log.warning("interrupted at epoch %d step %d; resumable checkpoint saved (use --resume)", epoch, done)
+
+    def summary(self) -> dict:
+        last = self.history[-1] if self.history else {}
+        return {
+            "best_acc": self.best_acc if self.history else None,
+            "best_epoch": self.best_epoch,
+            "last_acc": last.get("test_acc"),
+            "last_acc_top5": last.get("test_acc_top5"),
+            "last_epoch": self.epoch,
+            "epochs": self.cfg.SOLVER.EPOCHS,
+            "train_time_s": round(self.train_time, 3),
+            "method": self.cfg.DISTILLER.TYPE,
+            "teacher": self.cfg.DISTILLER.TEACHER if self.cfg.DISTILLER.TYPE != "NONE" else None,
+            "student": self.cfg.DISTILLER.STUDENT,
+            "dataset": self.cfg.DATASET.TYPE,
+            "logit_stand": bool(self.cfg.EXPERIMENT.LOGIT_STAND),
+            "seed": self.cfg.EXPERIMENT.SEED,
+            "student_params": sum(p.numel() for p in self.distiller.student.parameters()),
+            "extra_params": self.distiller.extra_parameter_count(),
+            "history": self.history,
+        }
+
+
+def write_json(path: str, obj: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
