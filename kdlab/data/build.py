@@ -87,7 +87,11 @@ def build_dataloaders(
         persistent_workers=False,
         worker_init_fn=worker_init if workers > 0 else None,
     )
-    train_loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler, drop_last=False, **common)
+    # The loader's own generator keeps it from drawing on the global RNG (which dropout uses).
+    generator = torch.Generator().manual_seed(seed)
+    train_loader = DataLoader(
+        train_set, batch_size=per_rank, sampler=sampler, drop_last=False, generator=generator, **common
+    )
     val_sampler = ResumableSampler(len(splits.val), seed=seed, shuffle=False, rank=rank, world_size=world_size, pad=False)
     val_loader = DataLoader(
         splits.val, batch_size=max(1, cfg.DATASET.TEST.BATCH_SIZE // world_size), sampler=val_sampler, **common

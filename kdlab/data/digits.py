@@ -57,16 +57,42 @@ def load_digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch
     return (x_tr - mean) / std, torch.from_numpy(y_tr), (x_te - mean) / std, torch.from_numpy(y_te)
 
 
-def _two_views(transform):
-    return lambda image: (transform(image), transform(image))
+class DigitsTwoViews:
+    """(weak, strong) views for two-view methods (MLKD).
+
+    weak: the usual digits augmentation, a random shift of up to 1 pixel.
+    strong: a random shift of up to 2 pixels, then with probability 0.5 random erasing of a
+    rectangle covering 5-25 % of the 8x8 image (aspect ratio 0.5-2), filled with the background
+    value, so part of a stroke disappears (torchvision's RandomErasing). Both draw from the torch
+    RNG, which the loader seeds per (seed, epoch, index).
+    """
+
+    def __init__(self, background: float) -> None:
+        from torchvision.transforms import RandomErasing
+
+        self.erase = RandomErasing(p=0.5, scale=(0.05, 0.25), ratio=(0.5, 2.0), value=background)
+
+    def weak(self, image: torch.Tensor) -> torch.Tensor:
+        return random_shift(image, pad=1)
+
+    def strong(self, image: torch.Tensor) -> torch.Tensor:
+        return self.erase(random_shift(image, pad=2))
+
+    def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.weak(image), self.strong(image)
+
+
+def _identity_views(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return image, image
 
 
 @DATASETS.register("digits")
 def build_digits(cfg, two_views: bool = False) -> DatasetSplits:
     x_tr, y_tr, x_te, y_te = load_digits_split()
     train_tf = random_shift if cfg.DATASET.AUGMENT else None
-    if two_views:
-        train_tf = _two_views(train_tf or (lambda im: im))
+    if two_views:  # without DATASET.AUGMENT both views are the unaugmented image
+        # The background (raw 0) is the smallest standardized pixel value.
+        train_tf = DigitsTwoViews(background=float(x_tr.min())) if cfg.DATASET.AUGMENT else _identity_views
     return DatasetSplits(
         train=TensorImageDataset(x_tr, y_tr, train_tf),
         val=TensorImageDataset(x_te, y_te),

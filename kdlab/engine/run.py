@@ -27,16 +27,18 @@ def _holds_run(path: str) -> bool:
 
 
 def choose_run_dir(cfg: CfgNode, resume: bool) -> str:
-    """The configured run dir; a new `<dir>-N` if it already holds a run and we are not resuming."""
+    """The configured run dir. If it already holds a run and we are not resuming, that run is
+    moved aside to `<dir>-N` (never overwritten), so the configured path always holds the newest run."""
     base = configured_run_dir(cfg)
-    if resume or not _holds_run(base):
+    if resume or not _holds_run(base) or not dist_utils.is_main():
         return base
-    n = 2
-    while _holds_run(f"{base}-{n}"):
+    n = 1
+    while os.path.exists(f"{base}-{n}"):
         n += 1
-    log.warning("run directory %s already holds a run; writing this one to %s-%d (use --resume to continue it)",
+    os.rename(base, f"{base}-{n}")
+    log.warning("run directory %s already held a run: moved it to %s-%d (use --resume to continue a run)",
                 base, base, n)
-    return f"{base}-{n}"
+    return base
 
 
 def prepare_run_dir(path: str) -> None:

@@ -1,0 +1,72 @@
+"""Command-line behaviour: --print-config without data, one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+KD_CFG = os.path.join(REPO, "configs/cifar100/kd/resnet32x4_resnet8x4.yaml")
+
+
+def run_tool(tool: str, *args: str, cwd: str = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", tool), *args],
+        capture_output=True, text=True, cwd=cwd, timeout=300,
+    )
+
+
+def test_print_config_works_without_data(tmp_path):
+    res = run_tool("train.py", "--cfg", KD_CFG, "--print-config", "DATASET.ROOT", str(tmp_path / "nothing"))
+    assert res.returncode == 0, res.stderr
+    assert "TYPE: KD" in res.stdout and "STUDENT: resnet8x4" in res.stdout
+    assert "logit standardization off" in res.stdout
+
+
+def test_print_config_shows_logit_stand(tmp_path):
+    res = run_tool("train.py", "--cfg", KD_CFG, "--print-config", "--logit-stand", "--base-temp", "3")
+    assert res.returncode == 0, res.stderr
+    assert "logit standardization ON" in res.stdout
+    assert "LOGIT_STAND: true" in res.stdout and "TEMPERATURE: 3.0" in res.stdout and "KD_WEIGHT: 9.0" in res.stdout
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["SOLVER.LRR", "0.1"], "LRR"),
+        (["DISTILLER.STUDENT", "resnet9"], "resnet9"),
+        (["SOLVER.TYPE", "Adagrad"], "Adagrad"),
+        (["SOLVER.LR", "fast"], "SOLVER.LR"),
+    ],
+)
+def test_bad_override_is_one_line_exit_2(args, needle):
+    res = run_tool("train.py", "--cfg", KD_CFG, *args)
+    assert res.returncode == 2
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1, res.stderr
+    assert needle in err[0] and "Traceback" not in res.stderr
+
+
+def test_missing_dataset_is_one_line_error(tmp_path):
+    res = run_tool("train.py", "--cfg", os.path.join(REPO, "configs/cifar100/vanilla/resnet8x4.yaml"),
+                   "DATASET.ROOT", str(tmp_path), "LOG.PREFIX", str(tmp_path / "logs"))
+    assert res.returncode == 2, res.stderr
+    lines = [ln for ln in res.stderr.strip().splitlines() if "error" in ln]
+    assert len(lines) == 1 and "cifar-100-python" in lines[0] and "Traceback" not in res.stderr
+
+
+def test_missing_teacher_checkpoint_is_one_line_error(tmp_path):
+    res = run_tool("train.py", "--cfg", os.path.join(REPO, "configs/digits/kd/digits_teacher_digits_student.yaml"),
+                   "DISTILLER.TEACHER_CKPT", str(tmp_path / "none.pth"), "LOG.PREFIX", str(tmp_path))
+    assert res.returncode == 2
+    assert "teacher checkpoint not found" in res.stderr and "none.pth" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_eval_requires_ckpt():
+    res = run_tool("eval.py", "--cfg", KD_CFG)
+    assert res.returncode == 2 and "--ckpt" in res.stderr

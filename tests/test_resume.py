@@ -1,0 +1,105 @@
+"""Exact resume: a run stopped at an epoch boundary or mid-epoch and resumed ends bit-identical."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from kdlab.config import load_cfg
+from kdlab.engine import trainer as trainer_mod
+from kdlab.engine.run import train
+from kdlab.engine.trainer import TrainingInterrupted
+
+from conftest import REPO, digits_opts
+
+CFG = os.path.join(REPO, "configs/digits/vanilla/digits_teacher.yaml")
+# A student with dropout and augmentation, so that every RNG stream matters.
+EXTRA = {"DISTILLER.STUDENT": "digits_student", "DISTILLER.MODEL_KWARGS.DROPOUT": 0.3, "DATASET.AUGMENT": True,
+         "SOLVER.SCHEDULER": "multistep", "SOLVER.LR_DECAY_STAGES": "[2]", "SOLVER.TYPE": "SGD"}
+
+
+def _cfg(prefix: str, epochs: int = 3):
+    return load_cfg(CFG, digits_opts(prefix, epochs=epochs, **EXTRA))
+
+
+def _student(run_dir: str) -> dict:
+    return torch.load(os.path.join(run_dir, "student_latest"), weights_only=True)["model"]
+
+
+def _history(run_dir: str) -> list:
+    hist = json.load(open(os.path.join(run_dir, "metrics.json")))["history"]
+    return [{k: v for k, v in h.items() if k != "time_s"} for h in hist]
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    summary = train(_cfg(str(tmp_path_factory.mktemp("ref"))))
+    return summary["run_dir"]
+
+
+def _assert_identical(run_dir: str, reference: str) -> None:
+    a, b = _student(run_dir), _student(reference)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert _history(run_dir) == _history(reference)
+
+
+def test_resume_after_kill_at_epoch_boundary(tmp_path, monkeypatch, reference_run):
+    original = trainer_mod.RunLogger.write_metrics
+
+    def die_after_epoch_2(self, summary):
+        original(self, summary)
+        if summary["last_epoch"] == 2:
+            raise _Killed
+
+    monkeypatch.setattr(trainer_mod.RunLogger, "write_metrics", die_after_epoch_2)
+    with pytest.raises(_Killed):
+        train(_cfg(str(tmp_path)))
+    monkeypatch.setattr(trainer_mod.RunLogger, "write_metrics", original)
+    summary = train(_cfg(str(tmp_path)), resume=True)
+    _assert_identical(summary["run_dir"], reference_run)
+
+
+def test_resume_after_interrupt_mid_epoch(tmp_path, monkeypatch, reference_run):
+    original = trainer_mod.Trainer.train_step
+
+    def stop_at_step_30(self, batch, epoch, step, sums):
+        out = original(self, batch, epoch, step, sums)
+        if self.global_step == 30:  # the 31st step: epoch 2, 8 of 23 steps done
+            self.stop_requested = True
+        return out
+
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", stop_at_step_30)
+    with pytest.raises(TrainingInterrupted):
+        train(_cfg(str(tmp_path)))
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", original)
+    state = torch.load(os.path.join(tmp_path, "digits", "digits_teacher", "latest"), weights_only=True)
+    assert (state["epoch"], state["step_in_epoch"]) == (1, 8)
+    summary = train(_cfg(str(tmp_path)), resume=True)
+    _assert_identical(summary["run_dir"], reference_run)
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path):
+    from kdlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--resume: no checkpoint"):
+        train(_cfg(str(tmp_path)), resume=True)
+
+
+def test_new_run_never_overwrites_previous(tmp_path):
+    first = train(_cfg(str(tmp_path), epochs=1))["run_dir"]
+    before = _student(first)
+    second = train(_cfg(str(tmp_path), epochs=1))["run_dir"]
+    assert second == first
+    moved = first + "-1"
+    assert os.path.isfile(os.path.join(moved, "student_latest"))
+    for k, v in _student(moved).items():
+        assert torch.equal(v, before[k])
