@@ -29,3 +29,26 @@ def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None, pro
         print(f"{prog}: {exc or 'interrupted'}; resume with --resume", file=sys.stderr)
         code = EXIT_INTERRUPTED
     sys.exit(code or 0)
+
+
+def hoist_flags(argv: list[str], value_flags: set[str], bool_flags: set[str]) -> list[str]:
+    """Move known --flags (anywhere, even after KEY VALUE overrides) in front of the overrides.
+
+    argparse's REMAINDER would otherwise swallow `--resume` written at the end of a command line.
+    A token is an override value (not a flag) when it directly follows an override key.
+    """
+    flags, rest, i = [], [], 0
+    while i < len(argv):
+        tok = argv[i]
+        name = tok.split("=", 1)[0]
+        if name in value_flags:
+            take = 1 if "=" in tok else 2
+            flags += argv[i : i + take]
+            i += take
+        elif name in bool_flags:
+            flags.append(tok)
+            i += 1
+        else:  # an override KEY VALUE pair (or a stray token argparse will report)
+            rest += argv[i : i + 2]
+            i += 2
+    return flags + rest

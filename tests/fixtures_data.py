@@ -186,3 +186,72 @@ def write_malicious_pickle(path: str | os.PathLike, marker: str | os.PathLike, p
     payload = {b"data": _CreatesFile(str(marker)), b"labels": [0]}
     with open(path, "wb") as f:
         pickle.dump(payload, f, protocol=protocol)
+
+
+# ---------------------------------------------------------------- PASCAL VOC (segmentation)
+def voc_palette() -> list[int]:
+    """VOC's 256-colour palette (the bit-interleaved colour map of the devkit), as a flat RGB list."""
+    palette = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+def write_voc_mask(path: str | os.PathLike, labels: np.ndarray) -> None:
+    """A palette ('P') PNG whose pixel values are the class indices in `labels` (H x W uint8)."""
+    from PIL import Image
+
+    img = Image.fromarray(labels.astype(np.uint8), mode="P")
+    img.putpalette(voc_palette())
+    img.save(path, format="PNG")
+
+
+def voc_labels(index: int, size: tuple[int, int] = (48, 40), num_classes: int = 21) -> np.ndarray:
+    """A (height, width) mask for image `index`: background, one object rectangle, a 255 border around it."""
+    w, h = size
+    labels = np.zeros((h, w), dtype=np.uint8)
+    cls = 1 + index % (num_classes - 1)
+    y0, x0 = 4 + index % 5, 6 + index % 7
+    labels[y0 - 1 : y0 + h // 2 + 1, x0 - 1 : x0 + w // 2 + 1] = 255
+    labels[y0 : y0 + h // 2, x0 : x0 + w // 2] = cls
+    return labels
+
+
+def write_voc(
+    root: str | os.PathLike,
+    n_train: int = 6,
+    n_val: int = 4,
+    size: tuple[int, int] = (48, 40),
+) -> dict:
+    """Write `VOCdevkit/VOC2012/{JPEGImages, SegmentationClass, ImageSets/Segmentation}` under root.
+
+    Image i (size = (width, height)) is grey with its object rectangle painted class_color(cls), and
+    its mask (voc_labels) is a palette PNG. Returns {"base", "train_ids", "val_ids", "labels": {id: mask}}.
+    """
+    from PIL import Image
+
+    base = Path(root) / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    ids = [f"2007_{i:06d}" for i in range(n_train + n_val)]
+    all_labels = {}
+    for i, image_id in enumerate(ids):
+        labels = voc_labels(i, size)
+        pixels = np.full((*labels.shape, 3), 128, dtype=np.uint8)
+        for cls in np.unique(labels):
+            if cls not in (0, 255):
+                pixels[labels == cls] = class_color(int(cls))
+        Image.fromarray(pixels).save(base / "JPEGImages" / f"{image_id}.jpg", format="JPEG", quality=95)
+        write_voc_mask(base / "SegmentationClass" / f"{image_id}.png", labels)
+        all_labels[image_id] = labels
+    train_ids, val_ids = ids[:n_train], ids[n_train:]
+    (base / "ImageSets/Segmentation/train.txt").write_text("".join(f"{i}\n" for i in train_ids))
+    (base / "ImageSets/Segmentation/val.txt").write_text("".join(f"{i}\n" for i in val_ids))
+    return {"base": base, "train_ids": train_ids, "val_ids": val_ids, "labels": all_labels}

@@ -70,3 +70,14 @@ def test_missing_teacher_checkpoint_is_one_line_error(tmp_path):
 def test_eval_requires_ckpt():
     res = run_tool("eval.py", "--cfg", KD_CFG)
     assert res.returncode == 2 and "--ckpt" in res.stderr
+
+
+def test_flags_after_overrides_are_recognized():
+    from kdlab.cli import hoist_flags
+
+    argv = ["--cfg", "a.yaml", "SOLVER.LR", "0.1", "--resume", "SOLVER.LR_DECAY_STAGES", "[1, 2]", "--base-temp=3"]
+    out = hoist_flags(argv, {"--cfg", "--base-temp"}, {"--resume"})
+    assert out == ["--cfg", "a.yaml", "--resume", "--base-temp=3", "SOLVER.LR", "0.1",
+                   "SOLVER.LR_DECAY_STAGES", "[1, 2]"]
+    # a negative number is an override value, not a flag
+    assert hoist_flags(["SOLVER.LR", "-0.1"], {"--cfg"}, {"--resume"}) == ["SOLVER.LR", "-0.1"]

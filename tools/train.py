@@ -8,11 +8,16 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from kdlab.cli import run_cli  # noqa: E402
+from kdlab.cli import hoist_flags, run_cli  # noqa: E402
 from kdlab.config import load_cfg  # noqa: E402
 
 
+VALUE_FLAGS = {"--cfg", "--base-temp", "--kd-weight"}
+BOOL_FLAGS = {"--resume", "--logit-stand", "--print-config", "--debug", "-h", "--help"}
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    argv = hoist_flags(argv, VALUE_FLAGS, BOOL_FLAGS)
     p = argparse.ArgumentParser("tools/train.py", description="kdlab training / knowledge distillation")
     p.add_argument("--cfg", default="", help="YAML config file")
     p.add_argument("--resume", action="store_true", help="continue the run in the configured run directory")

@@ -40,8 +40,9 @@ _C.DISTILLER.STUDENT = "resnet32"  # student model name
 _C.DISTILLER.TEACHER_CKPT = ""  # teacher weights; empty -> download_ckpts/ default path
 _C.DISTILLER.TEACHER_PRETRAINED = ""  # torchvision weights name/file for ImageNet teachers
 _C.DISTILLER.STUDENT_PRETRAINED = ""  # optional initial student weights (file or name)
-_C.DISTILLER.MODEL_KWARGS = CN(new_allowed=True)  # extra keyword args for both builders
+_C.DISTILLER.MODEL_KWARGS = CN(new_allowed=True)  # extra keyword args for the student's builder (lower-cased)
 _C.DISTILLER.MODEL_KWARGS.DROPOUT = 0.0  # dropout before the classifier (scaled CNNs)
+_C.DISTILLER.TEACHER_KWARGS = CN(new_allowed=True)  # extra keyword args for the teacher's builder
 
 # ---------------------------------------------------------------- solver
 _C.SOLVER = CN()
@@ -70,6 +71,7 @@ _C.SOLVER.AMP_DTYPE = "bfloat16"  # bfloat16 | float16 (CUDA only)
 _C.SOLVER.CHANNELS_LAST = False  # NHWC memory format for conv nets
 _C.SOLVER.COMPILE = False  # torch.compile the student and teacher
 _C.SOLVER.DEVICE = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
+_C.SOLVER.MAX_STEPS_PER_EPOCH = 0  # stop each epoch after this many steps (smoke tests, benchmarks); 0 = all
 _C.SOLVER.SKIP_NONFINITE = False  # skip a batch whose loss is NaN/Inf instead of stopping
 _C.SOLVER.DIST_BACKEND = ""  # torchrun: "" = nccl on CUDA, gloo on CPU
 _C.SOLVER.SYNC_BN = False  # torchrun: convert student BatchNorm to SyncBatchNorm
@@ -92,31 +94,41 @@ _C.KD.LOSS = CN()
 _C.KD.LOSS.CE_WEIGHT = 0.1
 _C.KD.LOSS.KD_WEIGHT = 0.9  # mdistiller's default; --logit-stand sets --kd-weight (9)
 
-# DKD (Zhao et al. CVPR 2022)
+# DKD (Zhao et al. CVPR 2022): loss_kd = min(epoch / WARMUP, 1) * (ALPHA * TCKD + BETA * NCKD)
 _C.DKD = CN()
-_C.DKD.CE_WEIGHT = 1.0
+_C.DKD.CE_WEIGHT = 1.0  # weight of the cross-entropy term
 _C.DKD.ALPHA = 1.0  # TCKD weight; --logit-stand multiplies by --kd-weight
-_C.DKD.BETA = 8.0  # NCKD weight; --logit-stand multiplies by --kd-weight
-_C.DKD.T = 4.0  # --logit-stand sets --base-temp
-_C.DKD.WARMUP = 20  # epochs of linear warm-up of the KD terms
+_C.DKD.BETA = 8.0  # NCKD weight (mdistiller's per-pair values: 2, 6 or 8); --logit-stand multiplies by --kd-weight
+_C.DKD.T = 4.0  # temperature; --logit-stand sets --base-temp
+_C.DKD.WARMUP = 20  # epochs of linear warm-up of the KD terms (0 = none)
 
-# FitNet (Romero et al. 2015), and the combined CE + KD + feature objective
+# FitNet (Romero et al. 2015): MSE between ConvReg(student hint) and the teacher's hint
 _C.FITNET = CN()
-_C.FITNET.HINT_LAYER = 2  # index into feats["feats"] (0 = stem, 1..4 = stages)
-_C.FITNET.INPUT_SIZE = (32, 32)
+_C.FITNET.HINT_LAYER = 2  # index into feats["feats"] (0 = stem, 1..4 = stages), same for both models
+_C.FITNET.INPUT_SIZE = (32, 32)  # (H, W) of the zero batch that probes feature shapes; use the training size
 _C.FITNET.LOSS = CN()
-_C.FITNET.LOSS.CE_WEIGHT = 1.0
-_C.FITNET.LOSS.FEAT_WEIGHT = 100.0
+_C.FITNET.LOSS.CE_WEIGHT = 1.0  # weight of the cross-entropy term
+_C.FITNET.LOSS.FEAT_WEIGHT = 100.0  # weight of the hint MSE (loss_feat)
 
-# ConKD: supervised contrastive + logit-standardized KD
+# ConKD: supervised contrastive on a projection head + logit-standardized KD + CE
 _C.CONKD = CN()
-_C.CONKD.CE_WEIGHT = 1.0
-_C.CONKD.KD_WEIGHT = 9.0
-_C.CONKD.SUPCON_WEIGHT = 0.1
-_C.CONKD.TEMPERATURE = 2.0  # KD base temperature (logits standardized)
-_C.CONKD.SUPCON_TEMPERATURE = 0.07
-_C.CONKD.PROJ_DIM = 128
+_C.CONKD.CE_WEIGHT = 1.0  # weight of the cross-entropy term
+_C.CONKD.KD_WEIGHT = 9.0  # weight of the standardized KD term; --logit-stand sets --kd-weight
+_C.CONKD.SUPCON_WEIGHT = 0.1  # weight of the supervised contrastive term
+_C.CONKD.TEMPERATURE = 2.0  # KD base temperature (logits standardized); --logit-stand sets --base-temp
+_C.CONKD.SUPCON_TEMPERATURE = 0.07  # SupCon temperature
+_C.CONKD.PROJ_DIM = 128  # output size of the projection head Linear(d, d) -> ReLU -> Linear(d, PROJ_DIM)
 _C.CONKD.SUPCON_VARIANT = "khosla"  # khosla (Khosla et al. 2020) | seed (self as positive)
+
+# FEATKD: CE_WEIGHT * CE + ALPHA * KD + BETA * mean over layer pairs of MSE(connector(student), teacher)
+_C.FEATKD = CN()
+_C.FEATKD.CE_WEIGHT = 1.0  # weight of the cross-entropy term
+_C.FEATKD.ALPHA = 1.0  # weight of the logit KD term; --logit-stand sets --kd-weight
+_C.FEATKD.BETA = 100.0  # weight of the feature MSE, a mean over the pairs (FitNet's FEAT_WEIGHT for one pair)
+_C.FEATKD.TEMPERATURE = 4.0  # KD temperature; --logit-stand sets --base-temp
+_C.FEATKD.STUDENT_LAYERS = [2, 3]  # indices into the student's feats["feats"] (0 = stem, then stages)
+_C.FEATKD.TEACHER_LAYERS = [2, 3]  # the teacher layer paired with each student layer (same length)
+_C.FEATKD.INPUT_SIZE = []  # (H, W) of the zero batch that probes feature shapes; empty = the dataset's size
 
 # ---- the rest of mdistiller's set (keys accepted so its YAML files load)
 _C.AT = CN()

@@ -14,7 +14,7 @@ from kdlab.errors import ConfigError
 from kdlab.registry import closest_names
 
 # The methods for which --logit-stand has a meaning, and what it sets.
-LOGIT_STAND_METHODS = ("KD", "DKD", "MLKD", "CONKD")
+LOGIT_STAND_METHODS = ("KD", "DKD", "MLKD", "CONKD", "FEATKD")
 
 
 def _type_name(value: Any) -> str:
@@ -150,7 +150,9 @@ def _deep_update(into: dict, new: dict) -> None:
 
 def apply_logit_stand(cfg: CN, base_temp: float, kd_weight: float) -> None:
     """Apply --logit-stand exactly as logit-standardization-KD's tools/train.py does."""
-    method = cfg.DISTILLER.TYPE
+    from kdlab.distillers.build import resolve_method  # KD_ours (MLKD's own name) is MLKD
+
+    method = resolve_method(cfg.DISTILLER.TYPE)
     if method not in LOGIT_STAND_METHODS:
         raise ConfigError(
             f"--logit-stand is not supported for DISTILLER.TYPE {method!r}; "
@@ -167,6 +169,9 @@ def apply_logit_stand(cfg: CN, base_temp: float, kd_weight: float) -> None:
     elif method == "CONKD":
         cfg.CONKD.TEMPERATURE = float(base_temp)
         cfg.CONKD.KD_WEIGHT = float(kd_weight)
+    elif method == "FEATKD":
+        cfg.FEATKD.TEMPERATURE = float(base_temp)
+        cfg.FEATKD.ALPHA = float(kd_weight)
 
 
 def load_cfg(

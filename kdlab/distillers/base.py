@@ -8,6 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kdlab.distillers.losses import IGNORE_INDEX
+
 
 class Distiller(nn.Module):
     """Holds a student, a frozen teacher (always in eval mode) and any extra trainable modules.
@@ -71,7 +73,14 @@ class Distiller(nn.Module):
 
 
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-    """Cross-entropy in float32 whatever the autocast dtype of the logits."""
+    """Cross-entropy in float32 whatever the autocast dtype of the logits.
+
+    Per-pixel logits (N x C x H x W, targets N x H x W) give the mean over the pixels labelled other
+    than IGNORE_INDEX (255), and 0 rather than NaN when a batch has none.
+    """
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
+    if logits.dim() == 4 and not kwargs:
+        total = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
+        return total / (target != IGNORE_INDEX).sum().clamp_min(1)
     return F.cross_entropy(logits, target, **kwargs)

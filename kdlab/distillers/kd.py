@@ -1,10 +1,13 @@
-"""KD (Hinton et al. 2015), with optional logit standardization (Sun et al. CVPR 2024)."""
+"""KD (Hinton et al. 2015), with optional logit standardization (Sun et al. CVPR 2024).
+
+On segmentation (N x C x H x W logits) the KD term is taken per pixel over the labelled pixels.
+"""
 
 from __future__ import annotations
 
 from kdlab.distillers.base import Distiller, cross_entropy
 from kdlab.distillers.build import DISTILLERS
-from kdlab.distillers.losses import kd_loss
+from kdlab.distillers.losses import kd_loss_any
 
 
 @DISTILLERS.register("KD")
@@ -35,5 +38,5 @@ class KD(Distiller):
         return logits_student, {
             "loss_ce": self.ce_weight * cross_entropy(logits_student, target),
             "loss_kd": self.kd_weight
-            * kd_loss(logits_student, logits_teacher, self.temperature, self.logit_stand),
+            * kd_loss_any(logits_student, logits_teacher, target, self.temperature, self.logit_stand),
         }

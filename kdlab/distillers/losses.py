@@ -233,3 +233,47 @@ def feature_mse_loss(
     """FitNet hint loss: mean squared error between (regressed) student and teacher features (Romero et al. 2015)."""
     with torch.autocast(device_type=student_feat.device.type, enabled=False):
         return F.mse_loss(_f32(student_feat), _f32(teacher_feat).detach())
+
+
+# ---------------------------------------------------------------- dense (per-pixel) prediction
+IGNORE_INDEX = 255  # the "void" label of segmentation masks (PASCAL VOC): no loss, no KD, not scored
+
+
+def flatten_pixels(
+    logits: torch.Tensor, target: torch.Tensor | None = None, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
+    """N x C x H x W logits -> (pixels, C) rows, one per pixel whose target is not ignore_index (all without target)."""
+    rows = logits.movedim(1, -1).reshape(-1, logits.shape[1])
+    if target is None:
+        return rows
+    return rows[target.reshape(-1) != ignore_index]
+
+
+def pixel_kd_loss(
+    logits_student: torch.Tensor,
+    logits_teacher: torch.Tensor,
+    target: torch.Tensor | None,
+    temperature: float,
+    logit_stand: bool = False,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
+    """kd_loss applied per pixel: the mean over labelled pixels (target != ignore_index) of each pixel's
+    T^2 * KL, each pixel's C logits standardized on their own when logit_stand is set (0 if none is labelled)."""
+    s = flatten_pixels(logits_student, target, ignore_index)
+    if s.shape[0] == 0:
+        return logits_student.sum() * 0.0
+    t = flatten_pixels(logits_teacher, target, ignore_index)
+    return kd_loss(s, t, temperature, logit_stand)
+
+
+def kd_loss_any(
+    logits_student: torch.Tensor,
+    logits_teacher: torch.Tensor,
+    target: torch.Tensor | None,
+    temperature: float,
+    logit_stand: bool = False,
+) -> torch.Tensor:
+    """kd_loss for N x C logits, pixel_kd_loss for N x C x H x W ones (segmentation)."""
+    if logits_student.dim() == 4:
+        return pixel_kd_loss(logits_student, logits_teacher, target, temperature, logit_stand)
+    return kd_loss(logits_student, logits_teacher, temperature, logit_stand)

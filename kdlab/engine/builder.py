@@ -32,9 +32,10 @@ def select_device(cfg: CfgNode, local_rank: int | None = None) -> torch.device:
     return torch.device(name)
 
 
-def model_kwargs(cfg: CfgNode, splits: DatasetSplits) -> dict:
-    """Keyword args for model builders: DISTILLER.MODEL_KWARGS (lower-cased) plus in_channels if not 3."""
-    kwargs = {k.lower(): v for k, v in cfg.DISTILLER.MODEL_KWARGS.items()}
+def model_kwargs(cfg: CfgNode, splits: DatasetSplits, teacher: bool = False) -> dict:
+    """Builder kwargs: DISTILLER.MODEL_KWARGS (student) or TEACHER_KWARGS, lower-cased, plus in_channels if not 3."""
+    node = cfg.DISTILLER.TEACHER_KWARGS if teacher else cfg.DISTILLER.MODEL_KWARGS
+    kwargs = {k.lower(): v for k, v in node.items()}
     if not kwargs.get("dropout"):
         kwargs.pop("dropout", None)
     if splits.in_channels != 3:
@@ -56,8 +57,7 @@ def build_student(cfg: CfgNode, splits: DatasetSplits) -> nn.Module:
 def build_teacher(cfg: CfgNode, splits: DatasetSplits) -> nn.Module:
     """Build the teacher and load its weights (TEACHER_CKPT, else TEACHER_PRETRAINED, else the default file)."""
     name = resolve_model_name(cfg.DISTILLER.TEACHER, cfg.DATASET.TYPE)
-    kwargs = model_kwargs(cfg, splits)
-    kwargs.pop("dropout", None)
+    kwargs = model_kwargs(cfg, splits, teacher=True)
     ckpt = cfg.DISTILLER.TEACHER_CKPT
     if not ckpt and cfg.DISTILLER.TEACHER_PRETRAINED:
         return build_model(name, splits.num_classes, pretrained=cfg.DISTILLER.TEACHER_PRETRAINED, **kwargs)

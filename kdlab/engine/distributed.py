@@ -47,3 +47,18 @@ def broadcast_object(obj):
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def replicas_agree(module: torch.nn.Module, device: torch.device) -> bool:
+    """True if every rank holds bit-identical parameters and buffers (checked by exact digests)."""
+    if not is_distributed():
+        return True
+    digests = []
+    for t in list(module.parameters()) + list(module.buffers()):
+        v = t.detach().double().flatten()
+        weights = torch.arange(1, v.numel() + 1, device=v.device, dtype=torch.float64)
+        digests += [v.sum(), (v * weights).sum(), v.abs().max() if v.numel() else v.new_zeros(())]
+    mine = torch.stack(digests).to(device)
+    gathered = [torch.empty_like(mine) for _ in range(world_size())]
+    dist.all_gather(gathered, mine)
+    return all(torch.equal(gathered[0], g) for g in gathered[1:])

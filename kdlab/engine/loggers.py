@@ -21,7 +21,8 @@ def setup_logging(level: int = logging.INFO) -> None:
     handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)s %(message)s", "%H:%M:%S"))
     handler._kdlab = True  # type: ignore[attr-defined]
     log.addHandler(handler)
-    log.setLevel(level)
+    # under torchrun only rank 0 reports progress; other ranks still show warnings and errors
+    log.setLevel(level if int(os.environ.get("RANK", "0")) == 0 else max(level, logging.WARNING))
     log.propagate = False
 
 

@@ -13,6 +13,7 @@ from kdlab.config import run_dir as configured_run_dir
 from kdlab.data import build_dataloaders
 from kdlab.engine import distributed as dist_utils
 from kdlab.engine.builder import build_everything, select_device
+from kdlab.engine.checkpoint import load_training_state
 from kdlab.engine.loggers import setup_logging
 from kdlab.engine.trainer import Trainer
 from kdlab.errors import ConfigError
@@ -66,8 +67,12 @@ def train(cfg: CfgNode, resume: bool = False, install_signal_handlers: bool = Fa
     """Train the configured run; return the metrics summary (also written to metrics.json)."""
     setup_logging()
     run_dir = choose_run_dir(cfg, resume)
-    if resume and not os.path.isfile(os.path.join(run_dir, "latest")):
-        raise ConfigError(f"--resume: no checkpoint {os.path.join(run_dir, 'latest')}; run without --resume")
+    resume_state = None
+    if resume:
+        latest = os.path.join(run_dir, "latest")
+        if not os.path.isfile(latest):
+            raise ConfigError(f"--resume: no checkpoint {latest}; run without --resume")
+        resume_state = load_training_state(latest)  # refuse a bad file before any work starts
     if dist_utils.is_main():
         prepare_run_dir(run_dir)
         with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:
@@ -83,14 +88,17 @@ def train(cfg: CfgNode, resume: bool = False, install_signal_handlers: bool = Fa
     train_loader, val_loader, _ = build_dataloaders(
         cfg, rank=dist_utils.rank(), world_size=dist_utils.world_size(), splits=splits
     )
-    trainer = Trainer(cfg, distiller, train_loader, val_loader, run_dir, device)
+    model = wrap_distributed(cfg, distiller, device)
+    trainer = Trainer(cfg, distiller, train_loader, val_loader, run_dir, device, model=model)
     log.info("run: %s", describe(cfg))
     log.info("run directory: %s | device: %s | AMP: %s", run_dir, device,
              cfg.SOLVER.AMP_DTYPE if cfg.SOLVER.AMP else "off")
     if cfg.DISTILLER.TYPE != "NONE":
         log.info("extra parameters of %s: %d", cfg.DISTILLER.TYPE, distiller.extra_parameter_count())
-    if resume:
-        trainer.resume()
+    if resume_state is not None:
+        trainer.load_state_dict(resume_state)
+        log.info("resumed from %s (epoch %d%s)", os.path.join(run_dir, "latest"), trainer.epoch,
+                 f" + {trainer._resume_step} steps" if trainer._resume_step else "")
     previous = _install_handlers(trainer) if install_signal_handlers else None
     try:
         summary = trainer.fit()
@@ -102,6 +110,36 @@ def train(cfg: CfgNode, resume: bool = False, install_signal_handlers: bool = Fa
              summary["last_acc"] or 0.0, summary["best_acc"] or 0.0, summary["best_epoch"], run_dir)
     summary["run_dir"] = run_dir
     return summary
+
+
+def wrap_distributed(cfg: CfgNode, distiller, device):
+    """Under torchrun: DDP over the trainable parts only (student, connectors, heads).
+
+    The frozen teacher is excluded from DDP (no gradient buckets, no buffer broadcasts),
+    so it can never trigger unused-parameter errors. Checkpoints are saved from the
+    unwrapped distiller, so they never carry a `module.` prefix.
+    """
+    if not dist_utils.is_distributed():
+        return distiller
+    import torch
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    world = dist_utils.world_size()
+    if cfg.SOLVER.BATCH_SIZE % world:
+        raise ConfigError(
+            f"SOLVER.BATCH_SIZE {cfg.SOLVER.BATCH_SIZE} is the global batch and must be divisible by the "
+            f"number of processes ({world}); each rank loads BATCH_SIZE / {world} images per step"
+        )
+    if cfg.SOLVER.SYNC_BN:
+        if device.type != "cuda":
+            raise ConfigError("SOLVER.SYNC_BN needs CUDA (torch's SyncBatchNorm runs on GPUs only); set it False on CPU")
+        distiller.student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(distiller.student)
+    if distiller.teacher is not None:
+        ignored = [f"teacher.{n}" for n, _ in distiller.teacher.named_parameters()]
+        ignored += [f"teacher.{n}" for n, _ in distiller.teacher.named_buffers()]
+        DDP._set_params_and_buffers_to_ignore_for_model(distiller, ignored)
+    device_ids = [device.index if device.index is not None else 0] if device.type == "cuda" else None
+    return DDP(distiller, device_ids=device_ids)
 
 
 def _install_handlers(trainer: Trainer) -> Optional[dict]:

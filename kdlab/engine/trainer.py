@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import logging
 import os
 import random
@@ -25,7 +26,7 @@ from kdlab.data.sampling import mix_seed
 from kdlab.engine import distributed as dist_utils
 from kdlab.engine.checkpoint import FORMAT, FORMAT_VERSION, atomic_save, load_training_state
 from kdlab.engine.loggers import RunLogger
-from kdlab.engine.metrics import evaluate, topk_correct
+from kdlab.engine.metrics import correct_and_count, evaluate, evaluate_segmentation
 from kdlab.engine.optim import build_optimizer, build_scheduler, set_lr
 from kdlab.errors import CheckpointError, NonFiniteLossError
 
@@ -98,6 +99,8 @@ class Trainer:
         self.model = model if model is not None else distiller  # DDP-wrapped in distributed runs
         splits = getattr(train_loader, "splits", None)
         self.num_classes = splits.num_classes if splits is not None else None
+        # segmentation: train_acc is pixel accuracy and test_acc the mIoU (best/early stop/plateau follow it)
+        self.task = splits.task if splits is not None else "classification"
         self.train_batch_transform = splits.train_batch_transform if splits is not None else None
         self.val_batch_transform = splits.val_batch_transform if splits is not None else None
         self.channels_last = cfg.SOLVER.CHANNELS_LAST
@@ -118,6 +121,9 @@ class Trainer:
         self._partial: Optional[dict] = None
         self._partial_steps = 0
         self.stop_requested = False  # set by a SIGINT/SIGTERM handler; checked between steps
+        self._bad_at: Optional[torch.Tensor] = None  # (epoch, step) of the first non-finite loss
+        self._bad_terms: Optional[torch.Tensor] = None
+        self._bad_names: list[str] = []
 
     # ------------------------------------------------------------------ state
     def state_dict(self, step_in_epoch: int = 0, partial: Optional[dict] = None) -> dict:
@@ -178,6 +184,10 @@ class Trainer:
                     log.info("early stop: no better test_acc for %d epochs", self.bad_epochs)
                     break
                 self.train_epoch(self.epoch + 1)
+            if dist_utils.is_distributed():
+                agree = dist_utils.replicas_agree(self.distiller.student, self.device)
+                log.info("student weights identical on all %d ranks: %s", dist_utils.world_size(),
+                         "yes" if agree else "NO")
         finally:
             self.logger.close()
         return self.summary()
@@ -209,33 +219,34 @@ class Trainer:
         bar = self.logger.progress(len(self.train_loader), f"epoch {epoch}/{self.cfg.SOLVER.EPOCHS}")
         steps_done = 0
         loss_terms: dict = {}
+        max_steps = self.cfg.SOLVER.MAX_STEPS_PER_EPOCH
         for step, batch in enumerate(self.train_loader, start=step0):
+            if max_steps and step >= max_steps:
+                break
             loss_terms = self.train_step(batch, epoch, step, sums)
             self.global_step += 1
             steps_done += 1
-            if self.global_step % max(1, self.cfg.LOG.TENSORBOARD_FREQ) == 0:
-                self._check_finite(loss_terms, epoch, step)
+            log_now = self.global_step % max(1, self.cfg.LOG.TENSORBOARD_FREQ) == 0
+            if log_now or self.device.type == "cpu":  # on CPU the check costs no device sync
+                self._check_finite()
+            if log_now:
                 self.logger.scalars({f"train/{k}": v.item() for k, v in loss_terms.items()}, self.global_step)
             bar.update()
-            if self.stop_requested:
+            if self._agree_to_stop():
                 bar.close()
                 self._interrupted(epoch, step + 1, sums, time.perf_counter() - t0)
                 raise TrainingInterrupted(f"interrupted at epoch {epoch} step {step + 1}")
         bar.close()
         self.train_time += time.perf_counter() - t0
-        if not self.cfg.SOLVER.SKIP_NONFINITE and sums[3].item() < steps_done + (self._partial_steps or 0):
-            self._check_finite(loss_terms, epoch, step0 + steps_done - 1)
-            raise NonFiniteLossError(
-                f"a non-finite loss occurred during epoch {epoch}; the last good checkpoint is kept; "
-                "lower SOLVER.LR, enable SOLVER.GRAD_CLIP, or set SOLVER.SKIP_NONFINITE True"
-            )
+        self._check_finite()
+        dist_utils.all_reduce_sum(sums)
         n = max(sums[2].item(), 1.0)
         train_metrics = {"train_loss": sums[0].item() / n, "train_acc": 100.0 * sums[1].item() / n}
         test_metrics = self.evaluate()
         self.scheduler.observe(test_metrics)
         self.epoch = epoch
         record = {"epoch": epoch, "lr": lr, **train_metrics,
-                  **{k: v for k, v in test_metrics.items() if k != "num_samples"},
+                  **{k: v for k, v in test_metrics.items() if k not in ("num_samples", "num_pixels")},
                   "time_s": round(time.perf_counter() - t0, 3)}
         self.history.append(record)
         improved = test_metrics["test_acc"] > self.best_acc
@@ -244,7 +255,7 @@ class Trainer:
         else:
             self.bad_epochs += 1
         self._save(epoch, improved)
-        self.logger.epoch(record, self.best_acc)
+        self._log_epoch(record)
         self.logger.write_metrics(self.summary())
         return record
 
@@ -258,12 +269,19 @@ class Trainer:
             image = self.train_batch_transform(image, g)
             if self.channels_last:
                 image = _to_device(image, self.device, True)
+        skip_ok = self.cfg.SOLVER.SKIP_NONFINITE
+        if skip_ok:  # a skipped batch must not leave its statistics in BatchNorm buffers either
+            saved = [(b, b.detach().clone()) for n, b in self.distiller.named_buffers() if not n.startswith("teacher.")]
         with self.autocast():
             logits, losses = self.model(image, target, epoch=epoch, index=index)
         loss = sum(losses.values())
         finite = torch.isfinite(loss.detach())
-        if self.cfg.SOLVER.SKIP_NONFINITE and not bool(finite):
+        self._track_nonfinite(losses, finite, epoch, step)
+        if skip_ok and not bool(finite):
             log.warning("epoch %d step %d: non-finite loss (%s), batch skipped", epoch, step, self._terms(losses))
+            with torch.no_grad():
+                for buf, copy in saved:
+                    buf.copy_(copy)
             self.optimizer.zero_grad(set_to_none=True)
             return {k: v.detach() for k, v in losses.items()}
         self.optimizer.zero_grad(set_to_none=True)
@@ -273,38 +291,72 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.distiller.learnable_parameters(), self.cfg.SOLVER.GRAD_CLIP)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        bs = target.shape[0]
-        with torch.no_grad():
-            top1 = topk_correct(logits.detach().float(), target, (1,))[0]
-            sums += torch.stack([loss.detach().double() * bs, top1.double(),
-                                 torch.tensor(bs, dtype=torch.float64, device=sums.device),
-                                 finite.double()])
+        with torch.no_grad():  # counts are samples, or labelled pixels for segmentation
+            correct, count = correct_and_count(logits.detach().float(), target)
+            sums += torch.stack([loss.detach().double() * count, correct, count, finite.double()])
         return {k: v.detach() for k, v in losses.items()}
+
+    def _agree_to_stop(self) -> bool:
+        """Ctrl-C reaches every rank at a slightly different step: stop where any rank asked to."""
+        if not dist_utils.is_distributed():
+            return self.stop_requested
+        flag = torch.tensor([float(self.stop_requested)], device=self.device)
+        self.stop_requested = bool(dist_utils.all_reduce_sum(flag).item() > 0)
+        return self.stop_requested
 
     @staticmethod
     def _terms(losses: dict) -> str:
         return ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
 
-    def _check_finite(self, losses: dict, epoch: int, step: int) -> None:
-        if self.cfg.SOLVER.SKIP_NONFINITE:
+    def _track_nonfinite(self, losses: dict, finite: torch.Tensor, epoch: int, step: int) -> None:
+        """Remember, on device and without a host sync, the first step whose loss was NaN/Inf and its terms."""
+        terms = torch.stack([v.detach().float().reshape(()) for v in losses.values()])
+        if self._bad_at is None or self._bad_terms.shape != terms.shape:
+            self._bad_at = torch.full((2,), -1, dtype=torch.int64, device=terms.device)
+            self._bad_terms, self._bad_names = torch.zeros_like(terms), list(losses)
+        first = (~finite) & (self._bad_at[0] < 0)
+        where = torch.tensor([epoch, step], dtype=torch.int64, device=terms.device)
+        self._bad_at = torch.where(first, where, self._bad_at)
+        self._bad_terms = torch.where(first, terms, self._bad_terms)
+
+    def _check_finite(self) -> None:
+        """Stop with a message naming the step and the loss term if a non-finite loss was seen."""
+        if self.cfg.SOLVER.SKIP_NONFINITE or self._bad_at is None:
             return
-        bad = [k for k, v in losses.items() if not torch.isfinite(v).all()]
-        if bad:
-            raise NonFiniteLossError(
-                f"non-finite loss at epoch {epoch} step {step} (global step {self.global_step}): "
-                f"{self._terms(losses)}; first bad term {bad[0]!r}. The last good checkpoint is kept; "
-                "lower SOLVER.LR, enable SOLVER.GRAD_CLIP, or set SOLVER.SKIP_NONFINITE True"
-            )
+        epoch, step = self._bad_at.tolist()
+        if epoch < 0:
+            return
+        values = self._bad_terms.tolist()
+        terms = ", ".join(f"{n}={v:.4g}" for n, v in zip(self._bad_names, values))
+        bad = next((n for n, v in zip(self._bad_names, values) if not math.isfinite(v)), self._bad_names[0])
+        raise NonFiniteLossError(
+            f"non-finite loss at epoch {epoch} step {step} ({terms}); first bad term {bad!r}. "
+            "Stopped before saving: the last good checkpoint is kept. Lower SOLVER.LR, set SOLVER.GRAD_CLIP, "
+            "or set SOLVER.SKIP_NONFINITE True to skip such batches"
+        )
 
     def evaluate(self) -> dict:
         self.distiller.eval()
         vt = self.val_batch_transform
-        return evaluate(
+        score = evaluate_segmentation if self.task == "segmentation" else evaluate
+        return score(
             self.distiller.forward_test, self.val_loader, self.device, self.num_classes or 1,
             batch_transform=(lambda x: _to_device(vt(x), self.device, self.channels_last)) if vt
             else (lambda x: _to_device(x, self.device, self.channels_last)),
             autocast=self.autocast,
         )
+
+    def _log_epoch(self, record: dict) -> None:
+        if self.task != "segmentation":
+            self.logger.epoch(record, self.best_acc)
+            return
+        # RunLogger.epoch's line speaks of top-1/top-5; a segmentation epoch reports mIoU and pixel accuracy.
+        self.logger.scalars({f"epoch/{k}": v for k, v in record.items() if k != "epoch"}, record["epoch"])
+        if self.is_main:
+            log.info("epoch %d/%d lr %.4g | train loss %.4f pixel acc %.2f | test loss %.4f mIoU %.2f pixel acc %.2f"
+                     " | best mIoU %.2f | %.1fs", record["epoch"], self.cfg.SOLVER.EPOCHS, record["lr"],
+                     record["train_loss"], record["train_acc"], record["test_loss"], record["test_acc"],
+                     record["test_pixel_acc"], self.best_acc, record["time_s"])
 
     # ------------------------------------------------------------------ saving
     def _student_file(self) -> dict:
@@ -349,6 +401,7 @@ class Trainer:
             "teacher": self.cfg.DISTILLER.TEACHER if self.cfg.DISTILLER.TYPE != "NONE" else None,
             "student": self.cfg.DISTILLER.STUDENT,
             "dataset": self.cfg.DATASET.TYPE,
+            "task": self.task,  # segmentation: the *_acc values are mIoU (test) and pixel accuracy (train)
             "logit_stand": bool(self.cfg.EXPERIMENT.LOGIT_STAND),
             "seed": self.cfg.EXPERIMENT.SEED,
             "student_params": sum(p.numel() for p in self.distiller.student.parameters()),

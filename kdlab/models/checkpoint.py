@@ -27,16 +27,23 @@ def safe_torch_load(path: str, what: str = "checkpoint") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
         raise CheckpointError(
-            f"refusing to load {what} {path}: it is not a plain weights file "
-            f"(weights_only=True rejected it: {first[:200]})"
+            f"refusing to load {what} {path}: it holds more than weights and loading it could run code "
+            f"({_unpickler_reason(str(exc))}); only load such a file with plain torch.load if you trust it"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(
             f"cannot read {what} {path}: the file is corrupt or not a PyTorch checkpoint "
             f"({str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__})"
         ) from None
+
+
+def _unpickler_reason(message: str) -> str:
+    """The informative line of torch's weights_only error (e.g. 'Unsupported global: GLOBAL builtins.open')."""
+    for line in message.splitlines():
+        if "Unsupported" in line or "WeightsUnpickler error" in line:
+            return line.split("error:", 1)[-1].strip()[:160]
+    return "weights_only=True rejected it"
 
 
 def strip_prefix(state: Mapping[str, Any], prefix: str) -> "OrderedDict[str, Any]":

@@ -9,9 +9,20 @@ import torch.nn.functional as F
 from kdlab.models.build import MODELS
 
 
+def make_norm(kind: str, channels: int) -> nn.Module:
+    """bn: BatchNorm; gn: GroupNorm (per-sample, so results do not depend on how a batch is split); none."""
+    if kind == "bn":
+        return nn.BatchNorm2d(channels)
+    if kind == "gn":
+        return nn.GroupNorm(min(8, channels), channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"norm must be bn, gn or none, got {kind!r}")
+
+
 class ConvBN(nn.Sequential):
-    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
-        super().__init__(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout))
+    def __init__(self, cin: int, cout: int, stride: int = 1, norm: str = "bn") -> None:
+        super().__init__(nn.Conv2d(cin, cout, 3, stride, 1, bias=norm == "none"), make_norm(norm, cout))
 
 
 class SimpleCNN(nn.Module):
@@ -28,18 +39,19 @@ class SimpleCNN(nn.Module):
         depth: int = 3,
         blocks: int = 1,
         dropout: float = 0.0,
+        norm: str = "bn",
     ) -> None:
         super().__init__()
         if depth < 1 or width < 1 or blocks < 1:
             raise ValueError(f"SimpleCNN needs depth, width, blocks >= 1 (got {depth}, {width}, {blocks})")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"SimpleCNN dropout must be in [0, 1), got {dropout}")
-        self.stem = ConvBN(in_channels, width)
+        self.stem = ConvBN(in_channels, width, norm=norm)
         self.stages = nn.ModuleList()
         cin = width
         for i in range(depth):
             cout = width * 2**i
-            convs = [ConvBN(cin if j == 0 else cout, cout, stride=2 if (j == 0 and i > 0) else 1) for j in range(blocks)]
+            convs = [ConvBN(cin if j == 0 else cout, cout, 2 if (j == 0 and i > 0) else 1, norm) for j in range(blocks)]
             self.stages.append(nn.ModuleList(convs))
             cin = cout
         self.dropout = nn.Dropout(dropout)
@@ -63,7 +75,7 @@ class SimpleCNN(nn.Module):
 
 @MODELS.register("simple_cnn")
 def simple_cnn(num_classes: int, **kwargs) -> SimpleCNN:
-    """The configurable family: DISTILLER.MODEL_KWARGS.{WIDTH, DEPTH, BLOCKS, DROPOUT, IN_CHANNELS}."""
+    """The configurable family: DISTILLER.MODEL_KWARGS.{WIDTH, DEPTH, BLOCKS, DROPOUT, NORM, IN_CHANNELS}."""
     return SimpleCNN(num_classes, **kwargs)
 
 

@@ -1,0 +1,140 @@
+"""Modules that map student features onto teacher features, and the shape probe that sizes them."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from yacs.config import CfgNode
+
+from kdlab.errors import ConfigError
+
+# Training resolution of each dataset when DATASET.IMAGE_SIZE is 0 (what its builder uses).
+DATASET_INPUT_SIZES = {"digits": (8, 8), "cifar10": (32, 32), "cifar100": (32, 32), "imagenette": (224, 224),
+                       "imagenet": (224, 224), "voc": (224, 224)}
+
+
+def dataset_input_size(cfg: CfgNode, configured: Sequence[int] = ()) -> tuple[int, int]:
+    """The (H, W) to probe models with: `configured` if set, else DATASET.IMAGE_SIZE, else the dataset's default."""
+    if configured:
+        if len(configured) != 2:
+            raise ConfigError(f"an input size must be [H, W], got {list(configured)}")
+        return int(configured[0]), int(configured[1])
+    if cfg.DATASET.IMAGE_SIZE:
+        return cfg.DATASET.IMAGE_SIZE, cfg.DATASET.IMAGE_SIZE
+    if cfg.DATASET.TYPE not in DATASET_INPUT_SIZES:
+        raise ConfigError(f"no default input size for DATASET.TYPE {cfg.DATASET.TYPE!r}; set DATASET.IMAGE_SIZE")
+    return DATASET_INPUT_SIZES[cfg.DATASET.TYPE]
+
+
+def in_channels(model: nn.Module) -> int:
+    """Input channels of a conv net: those of its first Conv2d (3 if it has none)."""
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return first.in_channels if first is not None else 3
+
+
+@torch.no_grad()
+def probe_features(model: nn.Module, input_size: Sequence[int]) -> dict:
+    """Run `model` once on a zero batch of 2 in eval mode (no BatchNorm statistics change); return its feats dict."""
+    was_training = model.training
+    model.eval()
+    try:
+        param = next(model.parameters(), None)
+        x = torch.zeros(2, in_channels(model), *input_size,
+                        device=param.device if param is not None else None)
+        _, feats = model(x)
+    finally:
+        model.train(was_training)
+    return feats
+
+
+def feature_shapes(model: nn.Module, input_size: Sequence[int]) -> list[torch.Size]:
+    """Shapes of feats["feats"] (stem, then each stage) for a batch of 2 at `input_size`."""
+    return [f.shape for f in probe_features(model, input_size)["feats"]]
+
+
+def pick_layer(shapes: list[torch.Size], index: int, key: str, who: str) -> torch.Size:
+    """shapes[index], or a ConfigError naming the key and the valid indices."""
+    if not -len(shapes) <= index < len(shapes):
+        raise ConfigError(
+            f"{key}: layer {index} does not exist; the {who} has {len(shapes)} feature maps "
+            f"(indices 0..{len(shapes) - 1}: stem, then each stage), shapes {[tuple(s[1:]) for s in shapes]}"
+        )
+    return shapes[index]
+
+
+class ConvReg(nn.Module):
+    """mdistiller's FitNet regressor: a conv chosen by the spatial ratio, then BatchNorm and ReLU.
+
+    Student H = 2 * teacher H: 3x3 stride-2 conv; H / 2: 4x4 stride-2 transposed conv; H >= teacher H:
+    a valid conv of kernel (1 + dH, 1 + dW). Any other pair of shapes cannot be connected.
+    """
+
+    def __init__(self, s_shape: Sequence[int], t_shape: Sequence[int], use_relu: bool = True) -> None:
+        super().__init__()
+        if len(s_shape) != 4 or len(t_shape) != 4:
+            raise ConfigError(f"ConvReg connects 4-D feature maps, got student {tuple(s_shape)}, teacher {tuple(t_shape)}")
+        _, s_c, s_h, s_w = s_shape
+        _, t_c, t_h, t_w = t_shape
+        if s_h == 2 * t_h:
+            self.conv = nn.Conv2d(s_c, t_c, kernel_size=3, stride=2, padding=1)
+        elif s_h * 2 == t_h:
+            self.conv = nn.ConvTranspose2d(s_c, t_c, kernel_size=4, stride=2, padding=1)
+        elif s_h >= t_h and s_w >= t_w:
+            self.conv = nn.Conv2d(s_c, t_c, kernel_size=(1 + s_h - t_h, 1 + s_w - t_w))
+        else:
+            raise ConfigError(
+                f"ConvReg cannot map student features {tuple(s_shape[1:])} to teacher features {tuple(t_shape[1:])} "
+                "(student H must be 2x, 1/2x or >= the teacher's)"
+            )
+        self.bn = nn.BatchNorm2d(t_c)
+        self.relu = nn.ReLU(inplace=True)
+        self.use_relu = use_relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn(self.conv(x))
+        return self.relu(x) if self.use_relu else x
+
+
+class FeatureConnector(nn.Module):
+    """1x1 conv + BatchNorm to the teacher's channels, then resize to the teacher's H x W.
+
+    The spatial size is taken from the teacher feature at run time: adaptive average pooling when the
+    student map is larger, bilinear interpolation when it is smaller, nothing when they are equal.
+    """
+
+    def __init__(self, student_channels: int, teacher_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(student_channels, teacher_channels, kernel_size=1, bias=False)
+        self.bn = nn.BatchNorm2d(teacher_channels)
+
+    def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        x = self.bn(self.conv(x))
+        return resize_to(x, size)
+
+
+def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Pool down (adaptive average) or interpolate up (bilinear) a N x C x H x W map to `size`."""
+    size = tuple(size)
+    if tuple(x.shape[-2:]) == size:
+        return x
+    if x.shape[-2] >= size[0] and x.shape[-1] >= size[1]:
+        return F.adaptive_avg_pool2d(x, size)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def check_connectable(s_shape: torch.Size, t_shape: torch.Size, where: str) -> None:
+    """FeatureConnector needs two 4-D maps whose spatial sizes differ by pooling or upsampling in both axes alike."""
+    if len(s_shape) != 4 or len(t_shape) != 4:
+        raise ConfigError(
+            f"{where}: cannot connect student features {tuple(s_shape[1:])} to teacher features "
+            f"{tuple(t_shape[1:])}; both must be C x H x W maps"
+        )
+    (s_h, s_w), (t_h, t_w) = s_shape[-2:], t_shape[-2:]
+    if (s_h - t_h) * (s_w - t_w) < 0:
+        raise ConfigError(
+            f"{where}: cannot connect student features {tuple(s_shape[1:])} to teacher features "
+            f"{tuple(t_shape[1:])}; the student map is larger in one axis and smaller in the other"
+        )

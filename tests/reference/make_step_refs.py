@@ -1,0 +1,221 @@
+"""Write tests/reference/step_refs.json: a few training steps of the reference distillers.
+
+    python tests/reference/make_step_refs.py --mdistiller /path/to/mdistiller \
+        --ls-repo /path/to/logit-standardization-KD --peer-configs /path/to/shared/reference/peer_configs \
+        [--out tests/reference/step_refs.json]
+
+Each case configures a reference distiller from a peer YAML file (mdistiller's or the
+logit-standardization-KD repository's, with --logit-stand applied as that repository's
+tools/train.py does), swaps in small models (teacher resnet14, student resnet8, 100 classes),
+fills every weight from its state-dict key alone (`seeded_state_dict`), and runs STEPS SGD steps
+the way mdistiller's trainer does: forward in float32, loss = sum of the loss dict, backward,
+SGD(lr, momentum, weight decay) on the distiller's learnable parameters, the LR set per epoch.
+It stores each step's losses, a digest of the student (and connector) weights after the steps,
+and the resolved config values, so tests/test_distiller_reference_steps.py can repeat the steps
+with kdlab and compare. Only this script imports the reference code; the helpers above `main`
+are shared with the test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import types
+import zlib
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+
+SEED = 20240917
+BATCH, SIZE, NUM_CLASSES = 8, 32, 100
+TEACHER, STUDENT = "resnet14", "resnet8"
+STEP_EPOCHS = (1, 10, 30)  # one step in each: DKD's warm-up factor is 0.05, 0.5, 1
+DIGITS = 12  # significant digits kept in the JSON file
+
+# name: (reference repo, peer YAML relative to peer_configs/, --logit-stand, config keys that matter)
+_SOLVER = ("SOLVER.LR", "SOLVER.MOMENTUM", "SOLVER.WEIGHT_DECAY", "SOLVER.LR_DECAY_STAGES", "SOLVER.LR_DECAY_RATE")
+_KD = ("KD.TEMPERATURE", "KD.LOSS.CE_WEIGHT", "KD.LOSS.KD_WEIGHT")
+_DKD = ("DKD.CE_WEIGHT", "DKD.ALPHA", "DKD.BETA", "DKD.T", "DKD.WARMUP")
+_FITNET = ("FITNET.HINT_LAYER", "FITNET.LOSS.CE_WEIGHT", "FITNET.LOSS.FEAT_WEIGHT")
+CASES = {
+    "kd": ("mdistiller", "mdistiller/cifar100/kd.yaml", False, _KD + _SOLVER),
+    "kd_ls": ("ls", "logit-standardization-KD/cifar100/kd/resnet32x4_resnet8x4.yaml", True, _KD + _SOLVER),
+    "dkd": ("mdistiller", "mdistiller/cifar100/dkd/res32x4_res8x4.yaml", False, _DKD + _SOLVER),
+    "dkd_ls": ("ls", "logit-standardization-KD/cifar100/dkd/resnet32x4_resnet8x4.yaml", True, _DKD + _SOLVER),
+    "dkd_beta2": ("mdistiller", "mdistiller/cifar100/dkd/res56_res20.yaml", False, _DKD + _SOLVER),
+    "mlkd_ls": ("ls", "logit-standardization-KD/cifar100/mlkd/resnet32x4_resnet8x4.yaml", True, _KD + _SOLVER),
+    "fitnet": ("mdistiller", "mdistiller/cifar100/fitnet.yaml", False, _FITNET + _SOLVER),
+}
+# The reference's loss names -> kdlab's (FitNet's hint loss is "loss_kd" in mdistiller).
+LOSS_NAMES = {"fitnet": {"loss_kd": "loss_feat"}}
+
+
+def seeded_tensor(key: str, shape: Sequence, dtype: torch.dtype) -> torch.Tensor:
+    """A tensor determined by (key, shape): fan-in-scaled weights, BN-like scales, small biases and statistics."""
+    if key.endswith("num_batches_tracked"):
+        return torch.zeros(shape, dtype=dtype)
+    g = torch.Generator().manual_seed(SEED + zlib.crc32(key.encode()))
+    if key.endswith("running_var"):
+        return torch.rand(shape, generator=g, dtype=dtype) + 0.5
+    if len(shape) >= 2:  # variance 1 / fan-in; the teacher's classifier 5x larger, for peaked soft labels
+        scale = 5.0 if key == "teacher.fc.weight" else 1.0
+        return torch.randn(shape, generator=g, dtype=dtype) * (scale / math.sqrt(math.prod(shape[1:])))
+    if key.endswith("weight"):
+        return torch.rand(shape, generator=g, dtype=dtype) * 0.5 + 0.75
+    return torch.randn(shape, generator=g, dtype=dtype) * 0.1
+
+
+def load_seeded(module: torch.nn.Module, prefix: str) -> None:
+    """Fill every state-dict entry of `module` from (prefix + key, shape); same keys give the same values."""
+    state = module.state_dict()
+    module.load_state_dict({k: seeded_tensor(prefix + k, v.shape, v.dtype) for k, v in state.items()}, strict=True)
+
+
+def step_batch(step: int, two_views: bool = False):
+    """The seeded batch of one step: N(0,1) images (and a second, perturbed view) and labels."""
+    g = torch.Generator().manual_seed(SEED + 1000 + step)
+    image = torch.randn(BATCH, 3, SIZE, SIZE, generator=g)
+    target = torch.randint(0, NUM_CLASSES, (BATCH,), generator=g)
+    if two_views:
+        strong = image.flip(-1) + 0.5 * torch.randn(BATCH, 3, SIZE, SIZE, generator=g)
+        return (image, strong), target
+    return image, target
+
+
+def digest(state: Mapping[str, torch.Tensor]) -> dict:
+    """{key: [sum, L2 norm]} in float64 for every floating-point entry."""
+    out = {}
+    for k, v in sorted(state.items()):
+        if v.is_floating_point():
+            v = v.detach().double()
+            out[k] = [_round(v.sum()), _round(v.norm())]
+    return out
+
+
+def delta_norms(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tensor]) -> dict:
+    """{key: ||after - before||} for every floating-point entry: the size of what the steps changed."""
+    return {k: _round((after[k].double() - before[k].double()).norm())
+            for k in sorted(after) if after[k].is_floating_point()}
+
+
+def trained_modules(distiller: torch.nn.Module, case: str) -> dict[str, torch.nn.Module]:
+    """The modules whose weights the digest covers: the student, plus FitNet's connector."""
+    mods = {"student": distiller.student}
+    if case == "fitnet":
+        mods["conv_reg"] = distiller.conv_reg
+    return mods
+
+
+def _round(v) -> float:
+    v = v.detach().item() if isinstance(v, torch.Tensor) else v
+    return float(f"{float(v):.{DIGITS}g}")
+
+
+# ------------------------------------------------------------------------------------ reference side
+def _import_reference(path: str):
+    """Import a reference repository's `mdistiller` package (tensorboardX stubbed: only its trainer needs it)."""
+    for name in [m for m in sys.modules if m == "mdistiller" or m.startswith("mdistiller.")]:
+        del sys.modules[name]
+    sys.modules.setdefault("tensorboardX", types.SimpleNamespace(SummaryWriter=object))
+    sys.path.insert(0, path)
+    try:
+        import mdistiller.distillers as distillers
+        import mdistiller.engine.cfg as cfg_module
+        import mdistiller.engine.utils as utils
+        import mdistiller.models.cifar as models
+    finally:
+        sys.path.remove(path)
+    return distillers, cfg_module.CFG, utils, models
+
+
+def _reference_cfg(base, peer: Path, logit_stand: bool):
+    """The peer YAML on the reference defaults, --logit-stand applied as the LS repo's tools/train.py does."""
+    cfg = base.clone()
+    cfg.merge_from_file(str(peer))
+    if logit_stand:  # the LS repo's rule, with its defaults --base-temp 2 --kd-weight 9
+        cfg.EXPERIMENT.LOGIT_STAND = True
+        if cfg.DISTILLER.TYPE in ("KD", "MLKD"):
+            cfg.KD.LOSS.KD_WEIGHT, cfg.KD.TEMPERATURE = 9.0, 2.0
+        elif cfg.DISTILLER.TYPE == "DKD":
+            cfg.DKD.ALPHA, cfg.DKD.BETA, cfg.DKD.T = cfg.DKD.ALPHA * 9.0, cfg.DKD.BETA * 9.0, 2.0
+    return cfg
+
+
+def _lookup(cfg, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return list(node) if isinstance(node, (list, tuple)) else node
+
+
+def run_reference_case(case: str, repo_path: str, peer_root: Path) -> dict:
+    kind, peer, logit_stand, keys = CASES[case]
+    distillers, base_cfg, utils, models = _import_reference(repo_path)
+    cfg = _reference_cfg(base_cfg, peer_root / peer, logit_stand)
+    torch.manual_seed(0)  # the reference's shape probe (FitNet) draws random data
+    student = getattr(models, STUDENT)(num_classes=NUM_CLASSES)
+    teacher = getattr(models, TEACHER)(num_classes=NUM_CLASSES)
+    distiller = distillers.distiller_dict[cfg.DISTILLER.TYPE](student, teacher, cfg)
+    load_seeded(distiller.teacher, "teacher.")
+    for name, module in trained_modules(distiller, case).items():
+        load_seeded(module, name + ".")
+    before = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in trained_modules(distiller, case).items()}
+    distiller.train()
+    optimizer = torch.optim.SGD(distiller.get_learnable_parameters(), lr=cfg.SOLVER.LR,
+                                momentum=cfg.SOLVER.MOMENTUM, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+    two_views = cfg.DISTILLER.TYPE == "MLKD"
+    renames = LOSS_NAMES.get(case, {})
+    losses = []
+    for step, epoch in enumerate(STEP_EPOCHS):
+        utils.adjust_learning_rate(epoch, cfg, optimizer)
+        image, target = step_batch(step, two_views)
+        if two_views:
+            _, loss_dict = distiller(image_weak=image[0], image_strong=image[1], target=target, epoch=epoch)
+        else:
+            _, loss_dict = distiller(image=image, target=target, epoch=epoch)
+        loss = sum(v.mean() for v in loss_dict.values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append({renames.get(k, k): _round(v) for k, v in loss_dict.items()})
+    after = {n: m.state_dict() for n, m in trained_modules(distiller, case).items()}
+    return {
+        "reference": kind,
+        "peer_config": peer,
+        "logit_stand": logit_stand,
+        "config": {k: _lookup(cfg, k) for k in ("DISTILLER.TYPE", *keys)},
+        "losses": losses,
+        "digest": {n: digest(s) for n, s in after.items()},
+        "delta_norms": {n: delta_norms(before[n], after[n]) for n in after},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mdistiller", required=True, help="clone of megvii-research/mdistiller")
+    parser.add_argument("--ls-repo", required=True, help="clone of sunshangquan/logit-standardization-KD")
+    parser.add_argument("--peer-configs", required=True, help="folder holding mdistiller/ and logit-standardization-KD/")
+    parser.add_argument("--out", default=str(Path(__file__).with_name("step_refs.json")))
+    args = parser.parse_args()
+    torch.set_default_dtype(torch.float32)
+    repos = {"mdistiller": args.mdistiller, "ls": args.ls_repo}
+    cases = {}
+    for case in CASES:
+        cases[case] = run_reference_case(case, repos[CASES[case][0]], Path(args.peer_configs))
+        print(case, cases[case]["losses"][-1])
+    out = {
+        "about": "reference distillers' losses and student weights after SGD steps; see make_step_refs.py",
+        "seed": SEED, "batch": BATCH, "size": SIZE, "num_classes": NUM_CLASSES,
+        "teacher": TEACHER, "student": STUDENT, "step_epochs": list(STEP_EPOCHS),
+        "torch": torch.__version__,
+        "cases": cases,
+    }
+    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    print("wrote", args.out)
+
+
+if __name__ == "__main__":
+    main()

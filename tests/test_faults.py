@@ -1,0 +1,198 @@
+"""Faults: untrusted files, SIGKILL/Ctrl-C and resume, non-finite losses, bad input, config fuzzing."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from kdlab.config import load_cfg
+from kdlab.engine import trainer as trainer_mod
+from kdlab.engine.run import train
+from kdlab.errors import KdlabError, NonFiniteLossError
+
+from conftest import REPO, digits_opts
+from test_cli import run_tool
+
+VANILLA = os.path.join(REPO, "configs/digits/vanilla/digits_teacher.yaml")
+KD = os.path.join(REPO, "configs/digits/kd/digits_teacher_digits_student.yaml")
+STUDENT = ["DISTILLER.STUDENT", "digits_student", "LOG.PROGRESS", "False", "SOLVER.DEVICE", "cpu"]
+
+
+class _Evil:
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+@pytest.fixture
+def evil_ckpt(tmp_path):
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "evil.pth"
+    torch.save({"model": _Evil(str(marker)), "format": "kdlab"}, str(path))
+    return path, marker
+
+
+def _one_line_error(res) -> str:
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    return lines[0]
+
+
+def test_malicious_teacher_checkpoint_is_refused(tmp_path, evil_ckpt):
+    path, marker = evil_ckpt
+    line = _one_line_error(run_tool("train.py", "--cfg", KD, "DISTILLER.TEACHER_CKPT", str(path),
+                                    "LOG.PREFIX", str(tmp_path / "logs"), *STUDENT))
+    assert "refusing to load" in line and not marker.exists()
+
+
+def test_malicious_resume_checkpoint_is_refused(tmp_path, evil_ckpt):
+    path, marker = evil_ckpt
+    run_dir = tmp_path / "logs" / "digits" / "digits_teacher"
+    run_dir.mkdir(parents=True)
+    (run_dir / "latest").write_bytes(path.read_bytes())
+    line = _one_line_error(run_tool("train.py", "--cfg", VANILLA, "--resume", "LOG.PREFIX", str(tmp_path / "logs"),
+                                    *STUDENT))
+    assert "refusing to load" in line and not marker.exists()
+
+
+def test_malicious_eval_checkpoint_is_refused(evil_ckpt):
+    path, marker = evil_ckpt
+    line = _one_line_error(run_tool("eval.py", "--cfg", VANILLA, "--ckpt", str(path)))
+    assert "refusing to load" in line and not marker.exists()
+
+
+def _train_cmd(prefix: str, *extra: str) -> list[str]:
+    return [sys.executable, os.path.join(REPO, "tools/train.py"), "--cfg", VANILLA, "LOG.PREFIX", prefix,
+            "SOLVER.EPOCHS", "3", "SOLVER.BATCH_SIZE", "16", "DATASET.AUGMENT", "True",
+            "DISTILLER.MODEL_KWARGS.DROPOUT", "0.2", *STUDENT, *extra]
+
+
+def _student(prefix) -> dict:
+    return torch.load(os.path.join(prefix, "digits", "digits_teacher", "student_latest"), weights_only=True)["model"]
+
+
+def _wait_for(path: str, proc: subprocess.Popen, timeout: float = 240) -> None:
+    t0 = time.time()
+    while not os.path.exists(path):
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.time() - t0 < timeout
+        time.sleep(0.05)
+
+
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
+    ref = str(tmp_path / "ref")
+    assert subprocess.run(_train_cmd(ref), capture_output=True, timeout=300).returncode == 0
+    killed = str(tmp_path / "killed")
+    proc = subprocess.Popen(_train_cmd(killed), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for(os.path.join(killed, "digits", "digits_teacher", "latest"), proc)
+    time.sleep(0.3)  # now inside epoch 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    state = torch.load(os.path.join(killed, "digits", "digits_teacher", "latest"), weights_only=True)
+    assert state["epoch"] >= 1  # the checkpoint on disk is complete and loadable
+    res = subprocess.run(_train_cmd(killed, "--resume"), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    a, b = _student(ref), _student(killed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ctrl_c_saves_resumable_checkpoint(tmp_path):
+    prefix = str(tmp_path)
+    proc = subprocess.Popen(_train_cmd(prefix), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for(os.path.join(prefix, "digits", "digits_teacher", "latest"), proc)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "resume with --resume" in err and "Traceback" not in err
+    state = torch.load(os.path.join(prefix, "digits", "digits_teacher", "latest"), weights_only=True)
+    assert state["step_in_epoch"] > 0 or state["epoch"] >= 1
+    res = subprocess.run(_train_cmd(prefix, "--resume"), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
+def _nan_at_step(monkeypatch, bad_step: int):
+    original = trainer_mod.Trainer.train_step
+
+    def poisoned(self, batch, epoch, step, sums):
+        if self.global_step == bad_step:
+            image, target, index = batch
+            batch = (image * float("nan"), target, index)
+        return original(self, batch, epoch, step, sums)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", poisoned)
+
+
+def test_nan_loss_stops_naming_step_and_term_keeping_checkpoint(tmp_path, monkeypatch):
+    cfg = load_cfg(VANILLA, digits_opts(str(tmp_path), epochs=3, **{"DISTILLER.STUDENT": "digits_student"}))
+    _nan_at_step(monkeypatch, 30)  # epoch 2 (23 steps per epoch)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2 step 7 .*loss_ce=nan.*first bad term 'loss_ce'"):
+        train(cfg)
+    state = torch.load(os.path.join(tmp_path, "digits", "digits_teacher", "latest"), weights_only=True)
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["student"].values() if v.is_floating_point())
+
+
+def test_skip_nonfinite_skips_the_batch(tmp_path, monkeypatch):
+    cfg = load_cfg(VANILLA, digits_opts(str(tmp_path), epochs=2, **{"DISTILLER.STUDENT": "digits_student",
+                                                                   "SOLVER.SKIP_NONFINITE": True}))
+    _nan_at_step(monkeypatch, 30)
+    summary = train(cfg)
+    assert summary["last_epoch"] == 2 and summary["last_acc"] > 50
+
+
+def test_unwritable_log_prefix(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    line = _one_line_error(run_tool("train.py", "--cfg", VANILLA, "LOG.PREFIX", str(blocker / "logs"), *STUDENT))
+    assert "LOG.PREFIX" in line
+
+
+def test_teacher_of_other_class_count_names_key_and_shapes(tmp_path, digits_teacher_ckpt):
+    state = torch.load(digits_teacher_ckpt, weights_only=True)
+    state["model"]["fc.weight"] = state["model"]["fc.weight"][:7]
+    state["model"]["fc.bias"] = state["model"]["fc.bias"][:7]
+    bad = tmp_path / "t.pth"
+    torch.save(state, str(bad))
+    line = _one_line_error(run_tool("train.py", "--cfg", KD, "DISTILLER.TEACHER_CKPT", str(bad),
+                                    "LOG.PREFIX", str(tmp_path), *STUDENT))
+    assert "'fc.weight' has shape (7, 128) in the file but (10, 128)" in line
+
+
+def test_debug_flag_shows_traceback():
+    res = run_tool("train.py", "--cfg", VANILLA, "SOLVER.LRR", "1", "--debug")
+    assert res.returncode != 0 and "Traceback" in res.stderr
+
+
+def _mutations(rng: random.Random):
+    keys = ["SOLVER.LR", "SOLVER.EPOCHS", "SOLVER.BATCH_SIZE", "KD.TEMPERATURE", "DISTILLER.TYPE",
+            "DISTILLER.STUDENT", "DATASET.TYPE", "SOLVER.TYPE", "SOLVER.SCHEDULER", "SOLVER.LR_DECAY_STAGES",
+            "SOLVER.AMP", "DKD.T", "LOG.PREFIX", "SOLVER.LRR", "EXPERIMENT", "KD.LOSS", "DATASET.TEST.BATCH_SIZE",
+            "SOLVER.WARMUP_EPOCHS", "SOLVER.DEVICE", "DISTILLER.MODEL_KWARGS.DROPOUT"]
+    values = ["0", "-1", "1e9", "nan", "abc", "True", "[1, 2]", "[2, 1]", "{'a': 1}", "None", "''", "KD", "SGD",
+              "resnet8", "3.5", "cuda:x", "(1,)", "[[]]", "1e-300", "0.5"]
+    for _ in range(300):
+        n = rng.randint(1, 3)
+        yield [tok for _ in range(n) for tok in (rng.choice(keys), rng.choice(values))]
+
+
+def test_config_fuzz_never_crashes_unhandled():
+    rng = random.Random(1234)
+    loaded = failed = 0
+    for opts in _mutations(rng):
+        try:
+            load_cfg(KD, opts)
+            loaded += 1
+        except KdlabError:
+            failed += 1
+    assert loaded > 10 and failed > 100
