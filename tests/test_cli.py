@@ -16,7 +16,7 @@ KD_CFG = os.path.join(REPO, "configs/cifar100/kd/resnet32x4_resnet8x4.yaml")
 def run_tool(tool: str, *args: str, cwd: str = REPO) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, os.path.join(REPO, "tools", tool), *args],
-        capture_output=True, text=True, cwd=cwd, timeout=300,
+        capture_output=True, text=True, cwd=cwd, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"),
     )
 
 

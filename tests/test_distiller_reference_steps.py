@@ -36,6 +36,15 @@ DELTA_REL = 1e-3  # ||w_after - w_before||: a difference of float32 numbers, so 
 MODEL_OPTS = {"DISTILLER": {"TEACHER": REFS["teacher"], "STUDENT": REFS["student"]}, "SOLVER": {"DEVICE": "cpu"}}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small models: one intra-op thread is faster, and far faster on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _peer_configs() -> Path:
     shared = os.environ.get("KDLAB_SHARED")
     return (Path(shared) if shared else REPO.parent / "shared") / "reference" / "peer_configs"
@@ -124,6 +133,7 @@ def test_steps_match_reference(case):
             assert _close(g_sum, w_sum, REL, scale=abs(w_sum) + w_norm), f"{name}.{key} sum {g_sum} vs {w_sum}"
         deltas = refs.delta_norms(before[name], after)
         for key, want_delta in ref["delta_norms"][name].items():
-            assert _close(deltas[key], want_delta, DELTA_REL, scale=want_delta + REL * got[key][1]), (
-                f"{name}.{key} update norm {deltas[key]} vs {want_delta}"
-            )
+            # An update near zero (a conv bias followed by BatchNorm gets no gradient) is only known
+            # to the weights' own precision, REL * ||w||.
+            tolerance = DELTA_REL * want_delta + REL * got[key][1]
+            assert abs(deltas[key] - want_delta) <= tolerance, f"{name}.{key} update norm {deltas[key]} vs {want_delta}"

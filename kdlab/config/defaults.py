@@ -48,22 +48,22 @@ _C.DISTILLER.TEACHER_KWARGS = CN(new_allowed=True)  # extra keyword args for the
 _C.SOLVER = CN()
 _C.SOLVER.TRAINER = "base"  # base | aug (two views, MLKD) | crd | dot | ours (aliases)
 _C.SOLVER.BATCH_SIZE = 64  # global batch; under torchrun split evenly over ranks
-_C.SOLVER.EPOCHS = 240
-_C.SOLVER.LR = 0.05
+_C.SOLVER.EPOCHS = 240  # total training epochs
+_C.SOLVER.LR = 0.05  # base learning rate (for SOLVER.BATCH_SIZE)
 _C.SOLVER.LR_DECAY_STAGES = [150, 180, 210]  # multistep: epochs where LR *= DECAY_RATE
-_C.SOLVER.LR_DECAY_RATE = 0.1
-_C.SOLVER.WEIGHT_DECAY = 0.0001
+_C.SOLVER.LR_DECAY_RATE = 0.1  # multistep: factor applied at each LR_DECAY_STAGES epoch
+_C.SOLVER.WEIGHT_DECAY = 0.0001  # L2 / decoupled (AdamW, Lion) weight decay
 _C.SOLVER.MOMENTUM = 0.9  # SGD momentum; beta1 for Adam/AdamW/Lion
-_C.SOLVER.NESTEROV = False
+_C.SOLVER.NESTEROV = False  # SGD Nesterov momentum
 _C.SOLVER.BETAS = [0.9, 0.999]  # Adam/AdamW betas (Lion: [0.9, 0.99] recommended)
 _C.SOLVER.TYPE = "SGD"  # SGD | Adam | AdamW | Lion
 _C.SOLVER.SCHEDULER = "multistep"  # multistep | cosine | plateau | constant
 _C.SOLVER.WARMUP_EPOCHS = 0  # linear LR warm-up from WARMUP_FACTOR*LR over these epochs
-_C.SOLVER.WARMUP_FACTOR = 0.1
+_C.SOLVER.WARMUP_FACTOR = 0.1  # warm-up starts at WARMUP_FACTOR * LR
 _C.SOLVER.MIN_LR = 0.0  # cosine floor
 _C.SOLVER.PLATEAU_METRIC = "test_acc"  # plateau: test_acc (max) | test_loss (min)
-_C.SOLVER.PLATEAU_PATIENCE = 5
-_C.SOLVER.PLATEAU_FACTOR = 0.1
+_C.SOLVER.PLATEAU_PATIENCE = 5  # plateau: epochs without improvement before the LR is cut
+_C.SOLVER.PLATEAU_FACTOR = 0.1  # plateau: LR multiplier at each cut
 _C.SOLVER.EARLY_STOP_PATIENCE = 0  # stop after N epochs without a better test_acc; 0 = off
 _C.SOLVER.GRAD_CLIP = 0.0  # max global grad norm; 0 = off
 _C.SOLVER.AMP = False  # autocast: bf16 on CPU/CUDA, fp16 (+GradScaler) if AMP_DTYPE=float16
@@ -91,7 +91,7 @@ _C.LOG.PROGRESS = True  # tqdm progress bar
 _C.KD = CN()
 _C.KD.TEMPERATURE = 4.0  # mdistiller's default; --logit-stand sets --base-temp (2)
 _C.KD.LOSS = CN()
-_C.KD.LOSS.CE_WEIGHT = 0.1
+_C.KD.LOSS.CE_WEIGHT = 0.1  # weight of the cross-entropy term
 _C.KD.LOSS.KD_WEIGHT = 0.9  # mdistiller's default; --logit-stand sets --kd-weight (9)
 
 # DKD (Zhao et al. CVPR 2022): loss_kd = min(epoch / WARMUP, 1) * (ALPHA * TCKD + BETA * NCKD)
@@ -132,81 +132,81 @@ _C.FEATKD.INPUT_SIZE = []  # (H, W) of the zero batch that probes feature shapes
 
 # ---- the rest of mdistiller's set (keys accepted so its YAML files load)
 _C.AT = CN()
-_C.AT.P = 2
+_C.AT.P = 2  # attention map exponent
 _C.AT.LOSS = CN()
-_C.AT.LOSS.CE_WEIGHT = 1.0
-_C.AT.LOSS.FEAT_WEIGHT = 1000.0
+_C.AT.LOSS.CE_WEIGHT = 1.0  # cross-entropy weight
+_C.AT.LOSS.FEAT_WEIGHT = 1000.0  # feature loss weight
 
 _C.RKD = CN()
-_C.RKD.DISTANCE_WEIGHT = 25
-_C.RKD.ANGLE_WEIGHT = 50
+_C.RKD.DISTANCE_WEIGHT = 25  # distance-wise term weight
+_C.RKD.ANGLE_WEIGHT = 50  # angle-wise term weight
 _C.RKD.LOSS = CN()
-_C.RKD.LOSS.CE_WEIGHT = 1.0
-_C.RKD.LOSS.FEAT_WEIGHT = 1.0
+_C.RKD.LOSS.CE_WEIGHT = 1.0  # cross-entropy weight
+_C.RKD.LOSS.FEAT_WEIGHT = 1.0  # feature loss weight
 _C.RKD.PDIST = CN()
-_C.RKD.PDIST.EPSILON = 1e-12
-_C.RKD.PDIST.SQUARED = False
+_C.RKD.PDIST.EPSILON = 1e-12  # clamp for pairwise distances
+_C.RKD.PDIST.SQUARED = False  # squared pairwise distances
 
 _C.KDSVD = CN()
-_C.KDSVD.K = 1
+_C.KDSVD.K = 1  # number of singular vectors kept
 _C.KDSVD.LOSS = CN()
-_C.KDSVD.LOSS.CE_WEIGHT = 1.0
-_C.KDSVD.LOSS.FEAT_WEIGHT = 1.0
+_C.KDSVD.LOSS.CE_WEIGHT = 1.0  # cross-entropy weight
+_C.KDSVD.LOSS.FEAT_WEIGHT = 1.0  # feature loss weight
 
 _C.OFD = CN()
 _C.OFD.LOSS = CN()
-_C.OFD.LOSS.CE_WEIGHT = 1.0
-_C.OFD.LOSS.FEAT_WEIGHT = 0.001
+_C.OFD.LOSS.CE_WEIGHT = 1.0  # cross-entropy weight
+_C.OFD.LOSS.FEAT_WEIGHT = 0.001  # feature loss weight
 _C.OFD.CONNECTOR = CN()
-_C.OFD.CONNECTOR.KERNEL_SIZE = 1
+_C.OFD.CONNECTOR.KERNEL_SIZE = 1  # connector conv kernel size
 
 _C.NST = CN()
 _C.NST.LOSS = CN()
-_C.NST.LOSS.CE_WEIGHT = 1.0
-_C.NST.LOSS.FEAT_WEIGHT = 50.0
+_C.NST.LOSS.CE_WEIGHT = 1.0  # cross-entropy weight
+_C.NST.LOSS.FEAT_WEIGHT = 50.0  # feature loss weight
 
 _C.PKT = CN()
 _C.PKT.LOSS = CN()
-_C.PKT.LOSS.CE_WEIGHT = 1.0
-_C.PKT.LOSS.FEAT_WEIGHT = 30000.0
+_C.PKT.LOSS.CE_WEIGHT = 1.0  # cross-entropy weight
+_C.PKT.LOSS.FEAT_WEIGHT = 30000.0  # feature loss weight
 
 _C.SP = CN()
 _C.SP.LOSS = CN()
-_C.SP.LOSS.CE_WEIGHT = 1.0
-_C.SP.LOSS.FEAT_WEIGHT = 3000.0
+_C.SP.LOSS.CE_WEIGHT = 1.0  # cross-entropy weight
+_C.SP.LOSS.FEAT_WEIGHT = 3000.0  # feature loss weight
 
 _C.VID = CN()
 _C.VID.LOSS = CN()
-_C.VID.LOSS.CE_WEIGHT = 1.0
-_C.VID.LOSS.FEAT_WEIGHT = 1.0
-_C.VID.EPS = 1e-5
-_C.VID.INIT_PRED_VAR = 5.0
-_C.VID.INPUT_SIZE = (32, 32)
+_C.VID.LOSS.CE_WEIGHT = 1.0  # cross-entropy weight
+_C.VID.LOSS.FEAT_WEIGHT = 1.0  # feature loss weight
+_C.VID.EPS = 1e-5  # variance floor
+_C.VID.INIT_PRED_VAR = 5.0  # initial predicted variance
+_C.VID.INPUT_SIZE = (32, 32)  # input size used to probe feature shapes
 
 _C.CRD = CN()
 _C.CRD.MODE = "exact"  # exact | relax
 _C.CRD.FEAT = CN()
-_C.CRD.FEAT.DIM = 128
-_C.CRD.FEAT.STUDENT_DIM = 256
-_C.CRD.FEAT.TEACHER_DIM = 256
+_C.CRD.FEAT.DIM = 128  # embedding dimension
+_C.CRD.FEAT.STUDENT_DIM = 256  # student pooled-feature dimension
+_C.CRD.FEAT.TEACHER_DIM = 256  # teacher pooled-feature dimension
 _C.CRD.LOSS = CN()
-_C.CRD.LOSS.CE_WEIGHT = 1.0
-_C.CRD.LOSS.FEAT_WEIGHT = 0.8
+_C.CRD.LOSS.CE_WEIGHT = 1.0  # cross-entropy weight
+_C.CRD.LOSS.FEAT_WEIGHT = 0.8  # feature loss weight
 _C.CRD.NCE = CN()
-_C.CRD.NCE.K = 16384
-_C.CRD.NCE.MOMENTUM = 0.5
-_C.CRD.NCE.TEMPERATURE = 0.07
+_C.CRD.NCE.K = 16384  # negatives per anchor
+_C.CRD.NCE.MOMENTUM = 0.5  # memory-bank momentum
+_C.CRD.NCE.TEMPERATURE = 0.07  # NCE temperature
 
 _C.REVIEWKD = CN()
-_C.REVIEWKD.CE_WEIGHT = 1.0
-_C.REVIEWKD.REVIEWKD_WEIGHT = 1.0
-_C.REVIEWKD.WARMUP_EPOCHS = 20
-_C.REVIEWKD.SHAPES = [1, 8, 16, 32]
-_C.REVIEWKD.OUT_SHAPES = [1, 8, 16, 32]
-_C.REVIEWKD.IN_CHANNELS = [64, 128, 256, 256]
-_C.REVIEWKD.OUT_CHANNELS = [64, 128, 256, 256]
-_C.REVIEWKD.MAX_MID_CHANNEL = 512
-_C.REVIEWKD.STU_PREACT = False
+_C.REVIEWKD.CE_WEIGHT = 1.0  # cross-entropy weight
+_C.REVIEWKD.REVIEWKD_WEIGHT = 1.0  # review loss weight
+_C.REVIEWKD.WARMUP_EPOCHS = 20  # linear warm-up of the review loss
+_C.REVIEWKD.SHAPES = [1, 8, 16, 32]  # student feature map sizes
+_C.REVIEWKD.OUT_SHAPES = [1, 8, 16, 32]  # teacher feature map sizes
+_C.REVIEWKD.IN_CHANNELS = [64, 128, 256, 256]  # student feature channels
+_C.REVIEWKD.OUT_CHANNELS = [64, 128, 256, 256]  # teacher feature channels
+_C.REVIEWKD.MAX_MID_CHANNEL = 512  # ABF fusion width
+_C.REVIEWKD.STU_PREACT = False  # use the student's pre-activation features
 
 
 def get_cfg() -> CN:

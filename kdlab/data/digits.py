@@ -8,6 +8,8 @@ set's mean and std.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.utils.data import Dataset
 
@@ -33,10 +35,10 @@ class TensorImageDataset(Dataset):
         return image, int(self.targets[index]), index
 
 
-def random_shift(image: torch.Tensor, pad: int = 1) -> torch.Tensor:
-    """Random translation by up to `pad` pixels (zero padding), the digits augmentation."""
+def random_shift(image: torch.Tensor, pad: int = 1, fill: float = 0.0) -> torch.Tensor:
+    """Random translation by up to `pad` pixels, new pixels set to `fill` (the background)."""
     h, w = image.shape[-2:]
-    padded = torch.nn.functional.pad(image, (pad, pad, pad, pad))
+    padded = torch.nn.functional.pad(image, (pad, pad, pad, pad), value=fill)
     i, j = torch.randint(0, 2 * pad + 1, (2,)).tolist()
     return padded[..., i : i + h, j : j + w]
 
@@ -70,13 +72,14 @@ class DigitsTwoViews:
     def __init__(self, background: float) -> None:
         from torchvision.transforms import RandomErasing
 
+        self.background = background
         self.erase = RandomErasing(p=0.5, scale=(0.05, 0.25), ratio=(0.5, 2.0), value=background)
 
     def weak(self, image: torch.Tensor) -> torch.Tensor:
-        return random_shift(image, pad=1)
+        return random_shift(image, pad=1, fill=self.background)
 
     def strong(self, image: torch.Tensor) -> torch.Tensor:
-        return self.erase(random_shift(image, pad=2))
+        return self.erase(random_shift(image, pad=2, fill=self.background))
 
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.weak(image), self.strong(image)
@@ -89,10 +92,10 @@ def _identity_views(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 @DATASETS.register("digits")
 def build_digits(cfg, two_views: bool = False) -> DatasetSplits:
     x_tr, y_tr, x_te, y_te = load_digits_split()
-    train_tf = random_shift if cfg.DATASET.AUGMENT else None
+    background = float(x_tr.min())  # raw 0 is the smallest standardized pixel value
+    train_tf = functools.partial(random_shift, pad=1, fill=background) if cfg.DATASET.AUGMENT else None
     if two_views:  # without DATASET.AUGMENT both views are the unaugmented image
-        # The background (raw 0) is the smallest standardized pixel value.
-        train_tf = DigitsTwoViews(background=float(x_tr.min())) if cfg.DATASET.AUGMENT else _identity_views
+        train_tf = DigitsTwoViews(background=background) if cfg.DATASET.AUGMENT else _identity_views
     return DatasetSplits(
         train=TensorImageDataset(x_tr, y_tr, train_tf),
         val=TensorImageDataset(x_te, y_te),

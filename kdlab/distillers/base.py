@@ -22,6 +22,7 @@ class Distiller(nn.Module):
 
     two_views: bool = False  # the data pipeline must deliver (weak, strong) views
     supports_logit_stand: bool = False
+    supports_segmentation: bool = False  # per-pixel logits (N, C, H, W) are handled
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None) -> None:
         super().__init__()

@@ -30,8 +30,19 @@ def projection_head(in_dim: int, out_dim: int) -> nn.Sequential:
 class ConKD(Distiller):
     supports_logit_stand = True
 
-    def __init__(self, student, teacher, feat_dim: int, proj_dim: int, ce_weight: float, kd_weight: float,
-                 supcon_weight: float, temperature: float, supcon_temperature: float, supcon_variant: str = "khosla"):
+    def __init__(
+        self,
+        student,
+        teacher,
+        feat_dim: int,
+        proj_dim: int,
+        ce_weight: float,
+        kd_weight: float,
+        supcon_weight: float,
+        temperature: float,
+        supcon_temperature: float,
+        supcon_variant: str = "khosla",
+    ):
         super().__init__(student, teacher)
         self.head = projection_head(feat_dim, proj_dim)
         self.ce_weight, self.kd_weight, self.supcon_weight = ce_weight, kd_weight, supcon_weight

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -12,8 +12,14 @@ from yacs.config import CfgNode
 from kdlab.errors import ConfigError
 
 # Training resolution of each dataset when DATASET.IMAGE_SIZE is 0 (what its builder uses).
-DATASET_INPUT_SIZES = {"digits": (8, 8), "cifar10": (32, 32), "cifar100": (32, 32), "imagenette": (224, 224),
-                       "imagenet": (224, 224), "voc": (224, 224)}
+DATASET_INPUT_SIZES = {
+    "digits": (8, 8),
+    "cifar10": (32, 32),
+    "cifar100": (32, 32),
+    "imagenette": (224, 224),
+    "imagenet": (224, 224),
+    "voc": (224, 224),
+}
 
 
 def dataset_input_size(cfg: CfgNode, configured: Sequence[int] = ()) -> tuple[int, int]:
@@ -42,8 +48,7 @@ def probe_features(model: nn.Module, input_size: Sequence[int]) -> dict:
     model.eval()
     try:
         param = next(model.parameters(), None)
-        x = torch.zeros(2, in_channels(model), *input_size,
-                        device=param.device if param is not None else None)
+        x = torch.zeros(2, in_channels(model), *input_size, device=param.device if param is not None else None)
         _, feats = model(x)
     finally:
         model.train(was_training)
@@ -75,7 +80,9 @@ class ConvReg(nn.Module):
     def __init__(self, s_shape: Sequence[int], t_shape: Sequence[int], use_relu: bool = True) -> None:
         super().__init__()
         if len(s_shape) != 4 or len(t_shape) != 4:
-            raise ConfigError(f"ConvReg connects 4-D feature maps, got student {tuple(s_shape)}, teacher {tuple(t_shape)}")
+            raise ConfigError(
+                f"ConvReg connects 4-D feature maps, got student {tuple(s_shape)}, teacher {tuple(t_shape)}"
+            )
         _, s_c, s_h, s_w = s_shape
         _, t_c, t_h, t_w = t_shape
         if s_h == 2 * t_h:

@@ -17,8 +17,17 @@ from kdlab.distillers.losses import dkd_loss
 class DKD(Distiller):
     supports_logit_stand = True
 
-    def __init__(self, student, teacher, ce_weight: float, alpha: float, beta: float, temperature: float,
-                 warmup: float, logit_stand: bool = False):
+    def __init__(
+        self,
+        student,
+        teacher,
+        ce_weight: float,
+        alpha: float,
+        beta: float,
+        temperature: float,
+        warmup: float,
+        logit_stand: bool = False,
+    ):
         super().__init__(student, teacher)
         self.ce_weight, self.alpha, self.beta = ce_weight, alpha, beta
         self.temperature, self.warmup, self.logit_stand = temperature, warmup, logit_stand
@@ -43,8 +52,9 @@ class DKD(Distiller):
     def forward_train(self, image, target, **extras):
         logits_student, _ = self.student(image)
         logits_teacher, _ = self.teacher_forward(image)
-        loss_dkd = dkd_loss(logits_student, logits_teacher, target, self.alpha, self.beta, self.temperature,
-                            self.logit_stand)
+        loss_dkd = dkd_loss(
+            logits_student, logits_teacher, target, self.alpha, self.beta, self.temperature, self.logit_stand
+        )
         return logits_student, {
             "loss_ce": self.ce_weight * cross_entropy(logits_student, target),
             "loss_kd": self.warmup_factor(_epoch(extras)) * loss_dkd,

@@ -14,7 +14,7 @@ size); a pair that cannot be connected is a ConfigError naming the layers and sh
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch.nn as nn
 
@@ -27,17 +27,28 @@ from kdlab.distillers.connectors import (
     feature_shapes,
     pick_layer,
 )
-from kdlab.distillers.losses import feature_mse_loss, kd_loss
+from kdlab.distillers.losses import feature_mse_loss, kd_loss_any
 from kdlab.errors import ConfigError
 
 
 @DISTILLERS.register("FEATKD")
 class FeatureKD(Distiller):
+    supports_segmentation = True
     supports_logit_stand = True
 
-    def __init__(self, student, teacher, student_layers: Sequence[int], teacher_layers: Sequence[int],
-                 input_size: Sequence[int], ce_weight: float, alpha: float, beta: float, temperature: float,
-                 logit_stand: bool = False):
+    def __init__(
+        self,
+        student,
+        teacher,
+        student_layers: Sequence[int],
+        teacher_layers: Sequence[int],
+        input_size: Sequence[int],
+        ce_weight: float,
+        alpha: float,
+        beta: float,
+        temperature: float,
+        logit_stand: bool = False,
+    ):
         super().__init__(student, teacher)
         if len(student_layers) != len(teacher_layers) or not student_layers:
             raise ConfigError(
@@ -79,10 +90,11 @@ class FeatureKD(Distiller):
         feat_losses = []
         for connector, s, t in zip(self.connectors, self.student_layers, self.teacher_layers):
             target_feat = feats_teacher["feats"][t]
-            feat_losses.append(feature_mse_loss(connector(feats_student["feats"][s], target_feat.shape[-2:]),
-                                                target_feat))
+            feat_losses.append(
+                feature_mse_loss(connector(feats_student["feats"][s], target_feat.shape[-2:]), target_feat)
+            )
         return logits_student, {
             "loss_ce": self.ce_weight * cross_entropy(logits_student, target),
-            "loss_kd": self.alpha * kd_loss(logits_student, logits_teacher, self.temperature, self.logit_stand),
+            "loss_kd": self.alpha * kd_loss_any(logits_student, logits_teacher, target, self.temperature, self.logit_stand),
             "loss_feat": self.beta * sum(feat_losses) / len(feat_losses),
         }

@@ -12,6 +12,7 @@ from kdlab.distillers.losses import kd_loss_any
 
 @DISTILLERS.register("KD")
 class KD(Distiller):
+    supports_segmentation = True
     supports_logit_stand = True
 
     def __init__(self, student, teacher, temperature: float, ce_weight: float, kd_weight: float, logit_stand: bool = False):

@@ -23,8 +23,9 @@ class MLKD(Distiller):
     two_views = True
     supports_logit_stand = True
 
-    def __init__(self, student, teacher, temperature: float, ce_weight: float, kd_weight: float,
-                 logit_stand: bool = False):
+    def __init__(
+        self, student, teacher, temperature: float, ce_weight: float, kd_weight: float, logit_stand: bool = False
+    ):
         super().__init__(student, teacher)
         self.temperature, self.ce_weight, self.kd_weight = temperature, ce_weight, kd_weight
         self.logit_stand = logit_stand
@@ -48,7 +49,15 @@ class MLKD(Distiller):
         logits_strong, _ = self.student(strong)
         teacher_logits, _ = self.teacher_forward(torch.cat([weak, strong]))
         teacher_weak, teacher_strong = teacher_logits.split([weak.shape[0], strong.shape[0]])
-        losses = mlkd_losses(logits_weak, logits_strong, teacher_weak, teacher_strong, target,
-                             self.temperature, self.ce_weight, self.kd_weight, self.logit_stand)
+        losses = mlkd_losses(
+            logits_weak,
+            logits_strong,
+            teacher_weak,
+            teacher_strong,
+            target,
+            self.temperature,
+            self.ce_weight,
+            self.kd_weight,
+            self.logit_stand,
+        )
         return logits_weak, losses
-

@@ -8,6 +8,7 @@ from kdlab.distillers.build import DISTILLERS
 
 @DISTILLERS.register("NONE")
 class Vanilla(Distiller):
+    supports_segmentation = True
     needs_teacher = False
 
     @classmethod

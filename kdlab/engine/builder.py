@@ -80,6 +80,14 @@ def build_everything(cfg: CfgNode, splits: DatasetSplits | None = None):
     cls = get_distiller_class(cfg.DISTILLER.TYPE)
     if splits is None:
         splits = build_datasets(cfg, two_views=getattr(cls, "two_views", False) or None)
+    if splits.task == "segmentation" and not cls.supports_segmentation:
+        from kdlab.distillers import DISTILLERS
+
+        able = [n for n in DISTILLERS.names() if DISTILLERS.get(n).supports_segmentation]
+        raise ConfigError(
+            f"DISTILLER.TYPE {cfg.DISTILLER.TYPE!r} is a classification method; for segmentation "
+            f"({cfg.DATASET.TYPE}) use one of {', '.join(able)}"
+        )
     torch.manual_seed(cfg.EXPERIMENT.SEED)  # model initialization
     student = build_student(cfg, splits)
     teacher = None if not getattr(cls, "needs_teacher", True) else build_teacher(cfg, splits)

@@ -78,6 +78,7 @@ def train(cfg: CfgNode, resume: bool = False, install_signal_handlers: bool = Fa
         with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:
             f.write(f"# {describe(cfg)}\n")
             f.write(cfg.dump())
+    configure_backends(cfg)
     device = select_device(cfg, int(os.environ.get("LOCAL_RANK", "0")) if dist_utils.is_distributed() else None)
     splits, distiller = build_everything(cfg)
     distiller.to(device)
@@ -110,6 +111,18 @@ def train(cfg: CfgNode, resume: bool = False, install_signal_handlers: bool = Fa
              summary["last_acc"] or 0.0, summary["best_acc"] or 0.0, summary["best_epoch"], run_dir)
     summary["run_dir"] = run_dir
     return summary
+
+
+def configure_backends(cfg: CfgNode) -> None:
+    """cuDNN autotuning for speed, or deterministic algorithms when EXPERIMENT.DETERMINISTIC is set."""
+    import torch
+
+    if cfg.EXPERIMENT.DETERMINISTIC:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
 
 
 def wrap_distributed(cfg: CfgNode, distiller, device):

@@ -24,8 +24,8 @@ import math
 import sys
 import types
 import zlib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import torch
 
@@ -97,8 +97,11 @@ def digest(state: Mapping[str, torch.Tensor]) -> dict:
 
 def delta_norms(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tensor]) -> dict:
     """{key: ||after - before||} for every floating-point entry: the size of what the steps changed."""
-    return {k: _round((after[k].double() - before[k].double()).norm())
-            for k in sorted(after) if after[k].is_floating_point()}
+    return {
+        k: _round((after[k].double() - before[k].double()).norm())
+        for k in sorted(after)
+        if after[k].is_floating_point()
+    }
 
 
 def trained_modules(distiller: torch.nn.Module, case: str) -> dict[str, torch.nn.Module]:
@@ -164,8 +167,12 @@ def run_reference_case(case: str, repo_path: str, peer_root: Path) -> dict:
         load_seeded(module, name + ".")
     before = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in trained_modules(distiller, case).items()}
     distiller.train()
-    optimizer = torch.optim.SGD(distiller.get_learnable_parameters(), lr=cfg.SOLVER.LR,
-                                momentum=cfg.SOLVER.MOMENTUM, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+    optimizer = torch.optim.SGD(
+        distiller.get_learnable_parameters(),
+        lr=cfg.SOLVER.LR,
+        momentum=cfg.SOLVER.MOMENTUM,
+        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+    )
     two_views = cfg.DISTILLER.TYPE == "MLKD"
     renames = LOSS_NAMES.get(case, {})
     losses = []
@@ -197,7 +204,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mdistiller", required=True, help="clone of megvii-research/mdistiller")
     parser.add_argument("--ls-repo", required=True, help="clone of sunshangquan/logit-standardization-KD")
-    parser.add_argument("--peer-configs", required=True, help="folder holding mdistiller/ and logit-standardization-KD/")
+    parser.add_argument(
+        "--peer-configs", required=True, help="folder holding mdistiller/ and logit-standardization-KD/"
+    )
     parser.add_argument("--out", default=str(Path(__file__).with_name("step_refs.json")))
     args = parser.parse_args()
     torch.set_default_dtype(torch.float32)
@@ -208,8 +217,13 @@ def main() -> None:
         print(case, cases[case]["losses"][-1])
     out = {
         "about": "reference distillers' losses and student weights after SGD steps; see make_step_refs.py",
-        "seed": SEED, "batch": BATCH, "size": SIZE, "num_classes": NUM_CLASSES,
-        "teacher": TEACHER, "student": STUDENT, "step_epochs": list(STEP_EPOCHS),
+        "seed": SEED,
+        "batch": BATCH,
+        "size": SIZE,
+        "num_classes": NUM_CLASSES,
+        "teacher": TEACHER,
+        "student": STUDENT,
+        "step_epochs": list(STEP_EPOCHS),
         "torch": torch.__version__,
         "cases": cases,
     }
