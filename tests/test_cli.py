@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 KD_CFG = os.path.join(REPO, "configs/cifar100/kd/resnet32x4_resnet8x4.yaml")

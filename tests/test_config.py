@@ -7,12 +7,11 @@ import os
 import re
 
 import pytest
+from conftest import REPO
 
 from kdlab.config import get_cfg, load_cfg
 from kdlab.config.defaults import __file__ as DEFAULTS_FILE
 from kdlab.errors import ConfigError
-
-from conftest import REPO
 
 
 def _write(tmp_path, text: str) -> str:

@@ -36,15 +36,6 @@ DELTA_REL = 1e-3  # ||w_after - w_before||: a difference of float32 numbers, so 
 MODEL_OPTS = {"DISTILLER": {"TEACHER": REFS["teacher"], "STUDENT": REFS["student"]}, "SOLVER": {"DEVICE": "cpu"}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small models: one intra-op thread is faster, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _peer_configs() -> Path:
     shared = os.environ.get("KDLAB_SHARED")
     return (Path(shared) if shared else REPO.parent / "shared") / "reference" / "peer_configs"

@@ -49,15 +49,6 @@ EXTRA_PARAMS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one intra-op thread is faster, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def digits_cfg(method: str, opts=(), **kwargs):
     path = CONFIGS / "digits" / method.lower() / "digits_teacher_digits_student.yaml"
     return load_cfg(str(path), list(opts), **kwargs)

@@ -9,7 +9,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import REPO
 
 VANILLA = os.path.join(REPO, "configs/digits/vanilla/digits_teacher.yaml")

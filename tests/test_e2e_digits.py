@@ -6,7 +6,6 @@ import json
 import os
 
 import torch
-
 from conftest import REPO
 from test_cli import run_tool
 

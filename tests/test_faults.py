@@ -11,14 +11,13 @@ import time
 
 import pytest
 import torch
+from conftest import REPO, digits_opts
+from test_cli import run_tool
 
 from kdlab.config import load_cfg
 from kdlab.engine import trainer as trainer_mod
 from kdlab.engine.run import train
 from kdlab.errors import KdlabError, NonFiniteLossError
-
-from conftest import REPO, digits_opts
-from test_cli import run_tool
 
 VANILLA = os.path.join(REPO, "configs/digits/vanilla/digits_teacher.yaml")
 KD = os.path.join(REPO, "configs/digits/kd/digits_teacher_digits_student.yaml")

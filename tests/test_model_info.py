@@ -7,22 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import torch.nn as nn
 
 from kdlab.evaluation.model_info import model_info
 from kdlab.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, spinning OpenMP threads make forwards erratic."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_exact_count_for_a_single_convolution():

@@ -64,15 +64,6 @@ REF = _load_ref_helpers()
 MODEL_REFS = json.loads((REPO / "tests" / "reference" / "model_refs.json").read_text())
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, spinning OpenMP threads make forwards erratic."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _shapes_table() -> dict:
     shared = os.environ.get("KDLAB_SHARED")
     path = (Path(shared) if shared else REPO.parent / "shared") / "reference" / "cifar_state_dict_shapes.json"

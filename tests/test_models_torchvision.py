@@ -39,15 +39,6 @@ REQUIRED = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, spinning OpenMP threads make forwards erratic."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(autouse=True)
 def no_downloads(monkeypatch, tmp_path):
     """Any download attempt fails the test; the torch hub cache is an empty temporary folder."""

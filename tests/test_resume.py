@@ -7,13 +7,12 @@ import os
 
 import pytest
 import torch
+from conftest import REPO, digits_opts
 
 from kdlab.config import load_cfg
 from kdlab.engine import trainer as trainer_mod
 from kdlab.engine.run import train
 from kdlab.engine.trainer import TrainingInterrupted
-
-from conftest import REPO, digits_opts
 
 CFG = os.path.join(REPO, "configs/digits/vanilla/digits_teacher.yaml")
 # A student with dropout and augmentation, so that every RNG stream matters.

@@ -19,7 +19,6 @@ from kdlab.cli import hoist_flags, run_cli  # noqa: E402
 from kdlab.config import load_cfg  # noqa: E402
 from kdlab.errors import ConfigError  # noqa: E402
 
-
 VALUE_FLAGS = {"--cfg", "--ckpt", "-c", "-m", "--model", "-d", "--dataset", "-bs", "--batch-size", "--plots"}
 BOOL_FLAGS = {"--json", "--debug", "--model-info", "-h", "--help"}
 

@@ -11,7 +11,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from kdlab.cli import hoist_flags, run_cli  # noqa: E402
 from kdlab.config import load_cfg  # noqa: E402
 
-
 VALUE_FLAGS = {"--cfg", "--base-temp", "--kd-weight"}
 BOOL_FLAGS = {"--resume", "--logit-stand", "--print-config", "--debug", "-h", "--help"}
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import ast
 import os
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import yaml
 from yacs.config import CfgNode as CN

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -33,7 +34,7 @@ class Distiller(nn.Module):
                 p.requires_grad_(False)
             teacher.eval()
 
-    def train(self, mode: bool = True) -> "Distiller":
+    def train(self, mode: bool = True) -> Distiller:
         if not isinstance(mode, bool):
             raise ValueError("training mode is expected to be boolean")
         super().train(mode)

@@ -95,6 +95,7 @@ class FeatureKD(Distiller):
             )
         return logits_student, {
             "loss_ce": self.ce_weight * cross_entropy(logits_student, target),
-            "loss_kd": self.alpha * kd_loss_any(logits_student, logits_teacher, target, self.temperature, self.logit_stand),
+            "loss_kd": self.alpha
+            * kd_loss_any(logits_student, logits_teacher, target, self.temperature, self.logit_stand),
             "loss_feat": self.beta * sum(feat_losses) / len(feat_losses),
         }

@@ -15,7 +15,9 @@ class KD(Distiller):
     supports_segmentation = True
     supports_logit_stand = True
 
-    def __init__(self, student, teacher, temperature: float, ce_weight: float, kd_weight: float, logit_stand: bool = False):
+    def __init__(
+        self, student, teacher, temperature: float, ce_weight: float, kd_weight: float, logit_stand: bool = False
+    ):
         super().__init__(student, teacher)
         self.temperature = temperature
         self.ce_weight = ce_weight

@@ -13,33 +13,17 @@ from __future__ import annotations
 
 import torch
 
-from kdlab.distillers.base import Distiller
 from kdlab.distillers.build import DISTILLERS
+from kdlab.distillers.kd import KD
 from kdlab.distillers.losses import mlkd_losses
 
 
 @DISTILLERS.register("MLKD")
-class MLKD(Distiller):
+class MLKD(KD):
+    """Same config (KD group) and weights as KD; two views per image and multi-level losses."""
+
     two_views = True
-    supports_logit_stand = True
-
-    def __init__(
-        self, student, teacher, temperature: float, ce_weight: float, kd_weight: float, logit_stand: bool = False
-    ):
-        super().__init__(student, teacher)
-        self.temperature, self.ce_weight, self.kd_weight = temperature, ce_weight, kd_weight
-        self.logit_stand = logit_stand
-
-    @classmethod
-    def from_config(cls, cfg, student, teacher):
-        return cls(
-            student,
-            teacher,
-            temperature=cfg.KD.TEMPERATURE,
-            ce_weight=cfg.KD.LOSS.CE_WEIGHT,
-            kd_weight=cfg.KD.LOSS.KD_WEIGHT,
-            logit_stand=cfg.EXPERIMENT.LOGIT_STAND,
-        )
+    supports_segmentation = False
 
     def forward_train(self, image, target, **extras):
         if not isinstance(image, (tuple, list)) or len(image) != 2:

@@ -54,10 +54,15 @@ def build_student(cfg: CfgNode, splits: DatasetSplits) -> nn.Module:
     return model
 
 
-def build_teacher(cfg: CfgNode, splits: DatasetSplits) -> nn.Module:
-    """Build the teacher and load its weights (TEACHER_CKPT, else TEACHER_PRETRAINED, else the default file)."""
+def build_teacher(cfg: CfgNode, splits: DatasetSplits, load_teacher_weights: bool = True) -> nn.Module:
+    """Build the teacher and load its weights (TEACHER_CKPT, else TEACHER_PRETRAINED, else the default file).
+
+    load_teacher_weights=False keeps the random initialization (benchmarks need no checkpoint).
+    """
     name = resolve_model_name(cfg.DISTILLER.TEACHER, cfg.DATASET.TYPE)
     kwargs = model_kwargs(cfg, splits, teacher=True)
+    if not load_teacher_weights:
+        return build_model(name, splits.num_classes, **kwargs)
     ckpt = cfg.DISTILLER.TEACHER_CKPT
     if not ckpt and cfg.DISTILLER.TEACHER_PRETRAINED:
         return build_model(name, splits.num_classes, pretrained=cfg.DISTILLER.TEACHER_PRETRAINED, **kwargs)
@@ -75,8 +80,8 @@ def build_teacher(cfg: CfgNode, splits: DatasetSplits) -> nn.Module:
     return teacher
 
 
-def build_everything(cfg: CfgNode, splits: DatasetSplits | None = None):
-    """Return (splits, distiller) for the config; the teacher is loaded and frozen."""
+def build_everything(cfg: CfgNode, splits: DatasetSplits | None = None, load_teacher_weights: bool = True):
+    """Return (splits, distiller); the teacher is frozen and loaded (random weights if not load_teacher_weights)."""
     cls = get_distiller_class(cfg.DISTILLER.TYPE)
     if splits is None:
         splits = build_datasets(cfg, two_views=getattr(cls, "two_views", False) or None)
@@ -90,5 +95,5 @@ def build_everything(cfg: CfgNode, splits: DatasetSplits | None = None):
         )
     torch.manual_seed(cfg.EXPERIMENT.SEED)  # model initialization
     student = build_student(cfg, splits)
-    teacher = None if not getattr(cls, "needs_teacher", True) else build_teacher(cfg, splits)
+    teacher = None if not getattr(cls, "needs_teacher", True) else build_teacher(cfg, splits, load_teacher_weights)
     return splits, build_distiller(cfg, student, teacher)

@@ -81,11 +81,7 @@ def train(cfg: CfgNode, resume: bool = False, install_signal_handlers: bool = Fa
     configure_backends(cfg)
     device = select_device(cfg, int(os.environ.get("LOCAL_RANK", "0")) if dist_utils.is_distributed() else None)
     splits, distiller = build_everything(cfg)
-    distiller.to(device)
-    if cfg.SOLVER.CHANNELS_LAST:
-        import torch
-
-        distiller.to(memory_format=torch.channels_last)
+    prepare_distiller(cfg, distiller, device)
     train_loader, val_loader, _ = build_dataloaders(
         cfg, rank=dist_utils.rank(), world_size=dist_utils.world_size(), splits=splits
     )
@@ -125,6 +121,25 @@ def configure_backends(cfg: CfgNode) -> None:
         torch.backends.cudnn.benchmark = True
 
 
+def prepare_distiller(cfg: CfgNode, distiller, device):
+    """Move the distiller to the device in SOLVER.CHANNELS_LAST layout; SOLVER.COMPILE compiles its networks.
+
+    Student and teacher are compiled in place (`nn.Module.compile`), so parameters, state_dict
+    keys, checkpoints and DDP see the same modules as without compilation. Static shapes: a short
+    last batch and evaluation each add one compiled graph rather than a slower dynamic one.
+    """
+    import torch
+
+    distiller.to(device)
+    if cfg.SOLVER.CHANNELS_LAST:
+        distiller.to(memory_format=torch.channels_last)
+    if cfg.SOLVER.COMPILE:
+        for net in (distiller.student, distiller.teacher):
+            if net is not None:
+                net.compile(dynamic=False)
+    return distiller
+
+
 def wrap_distributed(cfg: CfgNode, distiller, device):
     """Under torchrun: DDP over the trainable parts only (student, connectors, heads).
 
@@ -145,7 +160,9 @@ def wrap_distributed(cfg: CfgNode, distiller, device):
         )
     if cfg.SOLVER.SYNC_BN:
         if device.type != "cuda":
-            raise ConfigError("SOLVER.SYNC_BN needs CUDA (torch's SyncBatchNorm runs on GPUs only); set it False on CPU")
+            raise ConfigError(
+                "SOLVER.SYNC_BN needs CUDA (torch's SyncBatchNorm runs on GPUs only); set it False on CPU"
+            )
         distiller.student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(distiller.student)
     if distiller.teacher is not None:
         ignored = [f"teacher.{n}" for n, _ in distiller.teacher.named_parameters()]

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import logging
+import math
 import os
 import random
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import numpy as np
 import torch

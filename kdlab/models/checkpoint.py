@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import pickle
 from collections import OrderedDict
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -46,12 +47,12 @@ def _unpickler_reason(message: str) -> str:
     return "weights_only=True rejected it"
 
 
-def strip_prefix(state: Mapping[str, Any], prefix: str) -> "OrderedDict[str, Any]":
+def strip_prefix(state: Mapping[str, Any], prefix: str) -> OrderedDict[str, Any]:
     """Drop `prefix` from every key that has it (e.g. DataParallel's 'module.')."""
     return OrderedDict((k[len(prefix):] if k.startswith(prefix) else k, v) for k, v in state.items())
 
 
-def extract_state_dict(obj: Any, source: str = "checkpoint") -> "OrderedDict[str, torch.Tensor]":
+def extract_state_dict(obj: Any, source: str = "checkpoint") -> OrderedDict[str, torch.Tensor]:
     """Find the model state dict inside a loaded checkpoint object of any known layout."""
     state = obj
     if isinstance(obj, Mapping) and not _is_state_dict(obj):
@@ -79,7 +80,7 @@ def _is_state_dict(obj: Mapping) -> bool:
     )
 
 
-def load_state_dict_file(path: str, what: str = "checkpoint") -> "OrderedDict[str, torch.Tensor]":
+def load_state_dict_file(path: str, what: str = "checkpoint") -> OrderedDict[str, torch.Tensor]:
     """Read a weights file and return the model's state dict."""
     return extract_state_dict(safe_torch_load(path, what), f"{what} {path}")
 

@@ -1,0 +1,106 @@
+"""Time kdlab's training step (or its data pipeline) for a config.
+
+    python tools/bench.py --cfg configs/cifar100/kd/resnet32x4_resnet8x4.yaml [--steps 10] [--warmup 3]
+        [--json] [--reference-repo PATH/TO/mdistiller] [--threads N] [KEY VALUE ...]
+    python tools/bench.py --cfg ... --data [--json]
+
+The step is Trainer.train_step as training runs it (random teacher weights: no checkpoint or dataset
+needed for CIFAR). Alongside, interleaved in the same process on the same batch, it times the step with
+the fast path off (fp32, NCHW, eager: `plain_step_s`) and, with --reference-repo, mdistiller's step
+(`reference_step_s`, `ratio` = step_s / reference_step_s). Report ratios: absolute times depend on load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from kdlab.cli import hoist_flags, run_cli  # noqa: E402
+from kdlab.config import load_cfg  # noqa: E402
+
+VALUE_FLAGS = {"--cfg", "--steps", "--warmup", "--reference-repo", "--threads", "--batches"}
+BOOL_FLAGS = {"--json", "--data", "--no-plain", "--debug", "-h", "--help"}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    argv = hoist_flags(argv, VALUE_FLAGS, BOOL_FLAGS)
+    p = argparse.ArgumentParser("tools/bench.py", description="time kdlab's training step or data pipeline")
+    p.add_argument("--cfg", default="", help="YAML config file")
+    p.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, allocator)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--data", action="store_true", help="time the train loader and batched augmentation instead")
+    p.add_argument("--batches", type=int, default=50, help="--data: loader batches to time")
+    p.add_argument("--reference-repo", default="", help="mdistiller checkout: also time its step, interleaved")
+    p.add_argument("--no-plain", action="store_true", help="skip the fast-path-off baseline")
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides, e.g. SOLVER.AMP False")
+    return p.parse_args(argv)
+
+
+def _fmt_step(name: str, seconds: float, batch: int, extra: str = "") -> str:
+    return f"  {name:<16}{seconds:8.3f} s/step {batch / seconds:9.1f} images/s{extra}"
+
+
+def report_step(r: dict) -> str:
+    who = r["student"] if r["teacher"] is None else f"{r['teacher']} -> {r['student']}"
+    fast = f"AMP {r['amp'] or 'off'}, channels_last {'on' if r['channels_last'] else 'off'}, " \
+           f"compile {'on' if r['compile'] else 'off'}"
+    lines = [
+        f"{r['config']} {who} on {r['dataset']} ({r['data']} data), batch {r['batch_size']}, {r['device']}, "
+        f"{r['threads']} threads; {fast}",
+        _fmt_step("kdlab step", r["step_s"], r["batch_size"], f"  (median of {r['steps']}, warm-up {r['warmup']})"),
+    ]
+    if "plain_step_s" in r:
+        lines.append(_fmt_step("plain fp32", r["plain_step_s"], r["batch_size"],
+                               f"  fast path x{r['speedup_vs_plain']:.2f}"))
+    if "reference_step_s" in r:
+        lines.append(_fmt_step("mdistiller", r["reference_step_s"], r["batch_size"],
+                               f"  ratio kdlab/mdistiller {r['ratio']:.3f}"))
+    lines.append(f"  peak memory     {r['peak_mem_mb']:.0f} MB ({'CUDA allocated' if 'cuda' in r['device'] else 'RSS growth'})")
+    if "run_estimate_h" in r:
+        lines.append(f"  {r['epochs']}-epoch run     ~{r['run_estimate_h']:.1f} h "
+                     f"({r['train_images']} train / {r['test_images']} test images, incl. evaluation)")
+    lines.append(f"  load average    {r['load_avg_1m'][0]} -> {r['load_avg_1m'][1]}")
+    return "\n".join(lines)
+
+
+def report_data(r: dict) -> str:
+    aug = r["augment_images_per_s"]
+    loader = r["loader_images_per_s"]
+    return "\n".join([
+        f"{r['dataset']} train loader ({r['data']} data, {r['augment']}), batch {r['batch_size']}, "
+        f"{r['num_workers']} workers, {r['device']}",
+        f"  loader          {loader:10.0f} images/s" if loader else "  loader          (no batches timed)",
+        f"  augmentation    batched {aug['batched']:.0f} images/s | per-sample tensors {aug['per_sample']:.0f} "
+        f"| per-sample PIL {aug['per_sample_pil']:.0f} -> x{r['augment_speedup_vs_pil']:.1f} vs PIL, "
+        f"x{r['augment_speedup_vs_tensor']:.1f} vs tensors",
+    ])
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    cfg = load_cfg(args.cfg or None, args.opts)
+    from kdlab.engine.bench import bench_data, bench_step
+
+    if args.data:
+        result = bench_data(cfg, batches=args.batches)
+        print(json.dumps(result) if args.json else report_data(result))
+        return 0
+    result = bench_step(cfg, steps=args.steps, warmup=args.warmup, reference_repo=args.reference_repo or None,
+                        plain=not args.no_plain)
+    print(json.dumps(result) if args.json else report_step(result))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main, prog="bench.py")
