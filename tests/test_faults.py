@@ -69,9 +69,9 @@ def test_malicious_eval_checkpoint_is_refused(evil_ckpt):
     assert "refusing to load" in line and not marker.exists()
 
 
-def _train_cmd(prefix: str, *extra: str) -> list[str]:
+def _train_cmd(prefix: str, *extra: str, epochs: int = 3) -> list[str]:
     return [sys.executable, os.path.join(REPO, "tools/train.py"), "--cfg", VANILLA, "LOG.PREFIX", prefix,
-            "SOLVER.EPOCHS", "3", "SOLVER.BATCH_SIZE", "16", "DATASET.AUGMENT", "True",
+            "SOLVER.EPOCHS", str(epochs), "SOLVER.BATCH_SIZE", "16", "DATASET.AUGMENT", "True",
             "DISTILLER.MODEL_KWARGS.DROPOUT", "0.2", *STUDENT, *extra]
 
 
@@ -93,8 +93,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     killed = str(tmp_path / "killed")
     proc = subprocess.Popen(_train_cmd(killed), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _wait_for(os.path.join(killed, "digits", "digits_teacher", "latest"), proc)
-    time.sleep(0.3)  # now inside epoch 2
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(signal.SIGKILL)  # epoch 1 is saved; epoch 2 (90 steps) has just begun
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     state = torch.load(os.path.join(killed, "digits", "digits_teacher", "latest"), weights_only=True)
@@ -107,17 +106,21 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
 
 def test_ctrl_c_saves_resumable_checkpoint(tmp_path):
     prefix = str(tmp_path)
-    proc = subprocess.Popen(_train_cmd(prefix), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # 50 epochs: still running when the signal arrives, however fast the machine
+    proc = subprocess.Popen(_train_cmd(prefix, epochs=50), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
     _wait_for(os.path.join(prefix, "digits", "digits_teacher", "latest"), proc)
-    time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "resume with --resume" in err and "Traceback" not in err
     state = torch.load(os.path.join(prefix, "digits", "digits_teacher", "latest"), weights_only=True)
     assert state["step_in_epoch"] > 0 or state["epoch"] >= 1
-    res = subprocess.run(_train_cmd(prefix, "--resume"), capture_output=True, text=True, timeout=300)
+    # continue the interrupted epoch and stop after it (the remaining 48 epochs are not needed here)
+    res = subprocess.run(_train_cmd(prefix, "--resume", epochs=state["epoch"] + 1), capture_output=True, text=True,
+                         timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
+    assert "resumed from" in res.stderr
 
 
 def _nan_at_step(monkeypatch, bad_step: int):

@@ -62,9 +62,12 @@ def report_step(r: dict) -> str:
     if "reference_step_s" in r:
         lines.append(_fmt_step("mdistiller", r["reference_step_s"], r["batch_size"],
                                f"  ratio kdlab/mdistiller {r['ratio']:.3f}"))
-    lines.append(f"  peak memory     {r['peak_mem_mb']:.0f} MB ({'CUDA allocated' if 'cuda' in r['device'] else 'RSS growth'})")
+    memory = "CUDA allocated" if "cuda" in r["device"] else "RSS growth"
+    lines.append(f"  peak memory     {r['peak_mem_mb']:.0f} MB ({memory})")
     if "run_estimate_h" in r:
-        lines.append(f"  {r['epochs']}-epoch run     ~{r['run_estimate_h']:.1f} h "
+        hours = r["run_estimate_h"]
+        took = f"{hours:.1f} h" if hours >= 1 else f"{hours * 60:.0f} min"
+        lines.append(f"  {r['epochs']}-epoch run     ~{took} "
                      f"({r['train_images']} train / {r['test_images']} test images, incl. evaluation)")
     lines.append(f"  load average    {r['load_avg_1m'][0]} -> {r['load_avg_1m'][1]}")
     return "\n".join(lines)

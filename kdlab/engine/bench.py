@@ -135,12 +135,12 @@ def _import_file(path: str, name: str):
     return module
 
 
-def reference_step(
-    repo: str, cfg: CfgNode, image: torch.Tensor, target: torch.Tensor, num_classes: int
-) -> Callable[[], None]:
-    """mdistiller's training step (BaseTrainer.train_iter without .cuda()) for cfg's method and models.
+def load_reference(repo: str, cfg: CfgNode) -> Callable[[torch.Tensor, torch.Tensor, int], Callable[[], None]]:
+    """Import mdistiller from repo, check it has cfg's method and models; return make_step(image, target, classes).
 
-    Its CIFAR models and distiller (fp32, NCHW, eager), SGD as its trainer builds it, on (image, target).
+    make_step builds mdistiller's training step (BaseTrainer.train_iter without .cuda()): its CIFAR models and
+    distiller (fp32, NCHW, eager), SGD as its trainer builds it, forward_train, sum of the losses, backward,
+    step, its top-1/top-5 accuracy and loss read-back.
     """
     if not os.path.isfile(os.path.join(repo, "mdistiller", "distillers", "_base.py")):
         raise ConfigError(f"--reference-repo {repo!r}: expected a checkout of mdistiller (mdistiller/distillers/)")
@@ -155,32 +155,36 @@ def reference_step(
     if method not in distiller_dict:
         raise ConfigError(f"mdistiller has no {method!r} distiller (it has {', '.join(sorted(distiller_dict))})")
     missing = [n for n in names[: 1 if method == "NONE" else 2] if n not in cifar_model_dict]
-    if missing or image.dim() != 4 or image.shape[1] != 3:
-        raise ConfigError(
-            f"the mdistiller reference runs its CIFAR models on 3-channel images: {missing or tuple(image.shape)}"
+    if missing:
+        raise ConfigError(f"mdistiller's CIFAR models do not include {', '.join(missing)}")
+
+    def make_step(image: torch.Tensor, target: torch.Tensor, num_classes: int) -> Callable[[], None]:
+        if image.dim() != 4 or image.shape[1] != 3:
+            raise ConfigError(f"mdistiller's CIFAR models need 3-channel images, this config has {tuple(image.shape)}")
+        student = cifar_model_dict[names[0]][0](num_classes=num_classes)
+        if method == "NONE":
+            distiller = distiller_dict[method](student)
+        else:
+            teacher = cifar_model_dict[names[1]][0](num_classes=num_classes)
+            distiller = distiller_dict[method](student, teacher, cfg)
+        distiller.to(image.device).train()
+        optimizer = torch.optim.SGD(
+            distiller.get_learnable_parameters(), lr=cfg.SOLVER.LR, momentum=cfg.SOLVER.MOMENTUM,
+            weight_decay=cfg.SOLVER.WEIGHT_DECAY,
         )
-    student = cifar_model_dict[names[0]][0](num_classes=num_classes)
-    if method == "NONE":
-        distiller = distiller_dict[method](student)
-    else:
-        teacher = cifar_model_dict[names[1]][0](num_classes=num_classes)
-        distiller = distiller_dict[method](student, teacher, cfg)
-    distiller.to(image.device).train()
-    optimizer = torch.optim.SGD(
-        distiller.get_learnable_parameters(), lr=cfg.SOLVER.LR, momentum=cfg.SOLVER.MOMENTUM,
-        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
-    )
 
-    def step() -> None:
-        optimizer.zero_grad()
-        preds, losses = distiller(image=image.float(), target=target, epoch=1)
-        loss = sum(v.mean() for v in losses.values())
-        loss.backward()
-        optimizer.step()
-        accuracy(preds, target, topk=(1, 5))
-        loss.cpu().detach().numpy().mean()
+        def step() -> None:
+            optimizer.zero_grad()
+            preds, losses = distiller(image=image.float(), target=target, epoch=1)
+            loss = sum(v.mean() for v in losses.values())
+            loss.backward()
+            optimizer.step()
+            accuracy(preds, target, topk=(1, 5))
+            loss.cpu().detach().numpy().mean()
 
-    return step
+        return step
+
+    return make_step
 
 
 def _sync(device: torch.device) -> None:
@@ -202,25 +206,33 @@ def time_interleaved(steps: dict[str, Callable[[], None]], n: int, device: torch
     return times
 
 
-def _rss_mb() -> float:
+def _memory_mb(device: torch.device, peak: bool = False) -> float:
+    """CUDA memory allocated (or its peak since the last reset); else this process's RSS (or its peak)."""
+    if device.type == "cuda":
+        return (torch.cuda.max_memory_allocated(device) if peak else torch.cuda.memory_allocated(device)) / 2**20
+    if peak:
+        import resource
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError):
-        return _peak_rss_mb()
+        return _memory_mb(device, peak=True)
 
 
-def _peak_rss_mb() -> float:
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+def _load_average() -> float | None:
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
-def _warm(step: Callable[[], None], n: int, device: torch.device) -> None:
+def _warm(step: Callable[[], None], n: int, device: torch.device) -> float:
+    """Run step n times (at least once); return the seconds it took (compilation included)."""
+    start = time.perf_counter()
     for _ in range(max(1, n)):
         step()
     _sync(device)
+    return time.perf_counter() - start
 
 
 def _eval_seconds_per_image(trainer: Trainer) -> float:
@@ -235,6 +247,10 @@ def _eval_seconds_per_image(trainer: Trainer) -> float:
     return (time.perf_counter() - start) / max(n, 1)
 
 
+def _is_plain(cfg: CfgNode) -> bool:
+    return all(cfg.SOLVER[key.split(".")[1]] == value for key, value in PLAIN.items())
+
+
 def bench_step(
     cfg: CfgNode,
     steps: int = 10,
@@ -243,76 +259,80 @@ def bench_step(
     plain: bool = True,
     estimate: bool = True,
 ) -> dict[str, Any]:
-    """Median seconds per Trainer.train_step for cfg (plus the plain and mdistiller steps, interleaved)."""
+    """Median seconds per Trainer.train_step for cfg (plus the plain and mdistiller steps, interleaved).
+
+    Peak memory is measured over kdlab's warm-up, before the other steps are built.
+    """
     cfg = with_options(cfg, {"DATASET.NUM_WORKERS": 0, "LOG.PROGRESS": False})
     device = select_device(cfg)
-    batch_size = cfg.SOLVER.BATCH_SIZE
-    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    result: dict[str, Any] = {}
-    trainers: list[Trainer] = []
-    with dataset_for_bench(cfg, n_train=2 * batch_size, n_test=2 * cfg.DATASET.TEST.BATCH_SIZE) as (
-        data_cfg, source, sizes
-    ), tempfile.TemporaryDirectory(prefix="kdlab-bench-run-") as run_dir:
-        try:
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-                mem_before = torch.cuda.memory_allocated(device) / 2**20
-            else:
-                mem_before = _rss_mb()
-            trainer = make_trainer(data_cfg, device, os.path.join(run_dir, "kdlab"))
-            trainers.append(trainer)
-            batch = first_batch(trainer)
-            runners = {"kdlab": trainer_step(trainer, batch)}
-            compile_start = time.perf_counter()
-            _warm(runners["kdlab"], warmup, device)
-            warmup_s = time.perf_counter() - compile_start
-            if device.type == "cuda":
-                peak = torch.cuda.max_memory_allocated(device) / 2**20 - mem_before
-            else:
-                peak = _peak_rss_mb() - mem_before
-            eval_s = _eval_seconds_per_image(trainer) if estimate else None
-            is_plain = all(data_cfg.SOLVER[k.split(".")[1]] == v for k, v in PLAIN.items())
-            if plain and not is_plain:
-                plain_trainer = make_trainer(with_options(data_cfg, PLAIN), device, os.path.join(run_dir, "plain"),
-                                             splits=trainer.train_loader.splits)
-                trainers.append(plain_trainer)
-                runners["plain"] = trainer_step(plain_trainer, batch)
-                _warm(runners["plain"], warmup, device)
-            if reference_repo:
-                image = reference_input(trainer, batch)
-                target = batch[1].to(device)
-                runners["reference"] = reference_step(reference_repo, data_cfg, image, target, trainer.num_classes)
-                _warm(runners["reference"], warmup, device)
-            times = time_interleaved(runners, steps, device)
-        finally:
-            for t in trainers:
-                t.logger.close()
-    step_s = statistics.median(times["kdlab"])
-    result.update(
-        config=cfg.DISTILLER.TYPE, teacher=cfg.DISTILLER.TEACHER if cfg.DISTILLER.TYPE != "NONE" else None,
-        student=cfg.DISTILLER.STUDENT, dataset=cfg.DATASET.TYPE, data=source,
-        step_s=step_s, images_per_s=batch_size / step_s,
-        amp=cfg.SOLVER.AMP_DTYPE if cfg.SOLVER.AMP else False, channels_last=bool(cfg.SOLVER.CHANNELS_LAST),
-        compile=bool(cfg.SOLVER.COMPILE), device=str(device), batch_size=batch_size,
-        peak_mem_mb=round(peak, 1), threads=torch.get_num_threads(), steps=steps, warmup=warmup,
-        warmup_s=round(warmup_s, 2), step_s_min=min(times["kdlab"]),
-    )
-    if "plain" in times or (plain and is_plain):
-        plain_s = statistics.median(times["plain"]) if "plain" in times else step_s
-        result.update(plain_step_s=plain_s, plain_images_per_s=batch_size / plain_s, speedup_vs_plain=plain_s / step_s)
-    if "reference" in times:
-        ref_s = statistics.median(times["reference"])
-        result.update(reference_step_s=ref_s, reference_images_per_s=batch_size / ref_s, ratio=step_s / ref_s,
-                      ratio_per_round=statistics.median(k / r for k, r in zip(times["kdlab"], times["reference"])))
+    make_reference = load_reference(reference_repo, cfg) if reference_repo else None
+    load_start = _load_average()
+    with contextlib.ExitStack() as stack:
+        data_cfg, source, sizes = stack.enter_context(
+            dataset_for_bench(cfg, n_train=2 * cfg.SOLVER.BATCH_SIZE, n_test=2 * cfg.DATASET.TEST.BATCH_SIZE)
+        )
+        run_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="kdlab-bench-run-"))
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        memory_before = _memory_mb(device)
+        trainer = make_trainer(data_cfg, device, os.path.join(run_dir, "kdlab"))
+        stack.callback(trainer.logger.close)
+        batch = first_batch(trainer)
+        runners = {"kdlab": trainer_step(trainer, batch)}
+        warmup_s = _warm(runners["kdlab"], warmup, device)
+        peak_mb = _memory_mb(device, peak=True) - memory_before
+        eval_s = _eval_seconds_per_image(trainer) if estimate else None
+        if plain and not _is_plain(data_cfg):
+            plain_trainer = make_trainer(with_options(data_cfg, PLAIN), device, os.path.join(run_dir, "plain"),
+                                         splits=trainer.train_loader.splits)
+            stack.callback(plain_trainer.logger.close)
+            runners["plain"] = trainer_step(plain_trainer, batch)
+            _warm(runners["plain"], warmup, device)
+        if make_reference is not None:
+            target = batch[1].to(device)
+            runners["reference"] = make_reference(reference_input(trainer, batch), target, trainer.num_classes)
+            _warm(runners["reference"], warmup, device)
+        times = time_interleaved(runners, steps, device)
+    if plain and "plain" not in times:
+        times["plain"] = times["kdlab"]  # the config is the plain path
+    result = summarize(cfg, times, device)
+    result.update(peak_mem_mb=round(peak_mb, 1), steps=steps, warmup=warmup, warmup_s=round(warmup_s, 2), data=source)
     if estimate:
         n_train, n_test = sizes or (len(trainer.train_loader.dataset), len(trainer.val_loader.dataset))
-        epochs = cfg.SOLVER.EPOCHS
-        train_h = math.ceil(n_train / batch_size) * epochs * step_s / 3600
-        eval_h = n_test * epochs * eval_s / 3600
-        result.update(eval_s_per_image=eval_s, epochs=epochs, train_images=n_train, test_images=n_test,
-                      run_estimate_h=round(train_h + eval_h, 2), run_estimate_train_h=round(train_h, 2))
-    result["load_avg_1m"] = [load_start, os.getloadavg()[0] if load_start is not None else None]
+        result.update(run_estimate(cfg, result["step_s"], eval_s, n_train, n_test))
+    result["load_avg_1m"] = [load_start, _load_average()]
     return result
+
+
+def summarize(cfg: CfgNode, times: dict[str, list[float]], device: torch.device) -> dict[str, Any]:
+    """Medians, images/s and ratios of the timed steps, with what was timed."""
+    bs = cfg.SOLVER.BATCH_SIZE
+    step_s = statistics.median(times["kdlab"])
+    out: dict[str, Any] = dict(
+        config=cfg.DISTILLER.TYPE, teacher=cfg.DISTILLER.TEACHER if cfg.DISTILLER.TYPE != "NONE" else None,
+        student=cfg.DISTILLER.STUDENT, dataset=cfg.DATASET.TYPE,
+        step_s=step_s, step_s_min=min(times["kdlab"]), images_per_s=bs / step_s,
+        amp=cfg.SOLVER.AMP_DTYPE if cfg.SOLVER.AMP else False, channels_last=bool(cfg.SOLVER.CHANNELS_LAST),
+        compile=bool(cfg.SOLVER.COMPILE), device=str(device), batch_size=bs, threads=torch.get_num_threads(),
+    )
+    if "plain" in times:
+        plain_s = statistics.median(times["plain"])
+        out.update(plain_step_s=plain_s, plain_images_per_s=bs / plain_s, speedup_vs_plain=plain_s / step_s)
+    if "reference" in times:
+        ref_s = statistics.median(times["reference"])
+        per_round = statistics.median(k / r for k, r in zip(times["kdlab"], times["reference"]))
+        out.update(reference_step_s=ref_s, reference_images_per_s=bs / ref_s, ratio=step_s / ref_s,
+                   ratio_per_round=per_round)
+    return out
+
+
+def run_estimate(cfg: CfgNode, step_s: float, eval_s_per_image: float, n_train: int, n_test: int) -> dict:
+    """Hours of a whole run: ceil(n_train / batch) steps x epochs x step_s, plus an evaluation per epoch."""
+    epochs = cfg.SOLVER.EPOCHS
+    train_h = math.ceil(n_train / cfg.SOLVER.BATCH_SIZE) * epochs * step_s / 3600
+    eval_h = n_test * epochs * eval_s_per_image / 3600
+    return dict(eval_s_per_image=eval_s_per_image, epochs=epochs, train_images=n_train, test_images=n_test,
+                run_estimate_h=round(train_h + eval_h, 2), run_estimate_train_h=round(train_h, 2))
 
 
 def reference_input(trainer: Trainer, batch) -> torch.Tensor:

@@ -106,8 +106,9 @@ def correct_and_count(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch
     if logits.dim() == 4:
         labelled = target != IGNORE_INDEX
         return (logits.argmax(1).eq(target) & labelled).sum().double(), labelled.sum().double()
-    return topk_correct(logits, target, (1,))[0].double(), torch.tensor(
-        float(target.shape[0]), dtype=torch.float64, device=logits.device
+    # torch.full, not torch.tensor: a tensor built from a Python number on CUDA is a synchronizing copy
+    return topk_correct(logits, target, (1,))[0].double(), torch.full(
+        (), float(target.shape[0]), dtype=torch.float64, device=logits.device
     )
 
 

@@ -120,7 +120,6 @@ class Trainer:
         self.train_time = 0.0
         self._resume_step = 0  # batches of the current epoch already done (mid-epoch resume)
         self._partial: Optional[dict] = None
-        self._partial_steps = 0
         self.stop_requested = False  # set by a SIGINT/SIGTERM handler; checked between steps
         self._bad_at: Optional[torch.Tensor] = None  # (epoch, step) of the first non-finite loss
         self._bad_terms: Optional[torch.Tensor] = None
@@ -214,7 +213,6 @@ class Trainer:
         sums = torch.zeros(4, device=self.device, dtype=torch.float64)  # loss, top1, count, finite
         if self._partial:
             sums += torch.tensor(self._partial["sums"], dtype=torch.float64, device=self.device)
-        self._partial_steps = self._partial["steps"] if self._partial else 0
         step0, self._resume_step, self._partial = self._resume_step, 0, None
         t0 = time.perf_counter()
         bar = self.logger.progress(len(self.train_loader), f"epoch {epoch}/{self.cfg.SOLVER.EPOCHS}")
@@ -316,7 +314,8 @@ class Trainer:
             self._bad_at = torch.full((2,), -1, dtype=torch.int64, device=terms.device)
             self._bad_terms, self._bad_names = torch.zeros_like(terms), list(losses)
         first = (~finite) & (self._bad_at[0] < 0)
-        where = torch.tensor([epoch, step], dtype=torch.int64, device=terms.device)
+        where = torch.full((2,), epoch, dtype=torch.int64, device=terms.device)  # torch.tensor(list) on CUDA
+        where[1] = step  # would be a synchronizing host-to-device copy; fills are not
         self._bad_at = torch.where(first, where, self._bad_at)
         self._bad_terms = torch.where(first, terms, self._bad_terms)
 
