@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
 import torch
 from conftest import REPO
 from test_cli import run_tool
@@ -53,3 +54,15 @@ def test_teacher_checkpoint_is_loaded_frozen(digits_teacher_ckpt, tmp_path):
     assert not distiller.teacher.training
     assert all(not p.requires_grad for p in distiller.teacher.parameters())
     assert {id(p) for p in distiller.learnable_parameters()} == {id(p) for p in distiller.student.parameters()}
+
+
+@pytest.mark.parametrize("method", ["kd", "dkd", "mlkd", "fitnet", "featkd", "conkd"])
+def test_each_method_trains_one_epoch_from_the_cli(method, tmp_path, digits_teacher_ckpt):
+    cfg = os.path.join(REPO, f"configs/digits/{method}/digits_teacher_digits_student.yaml")
+    res = run_tool("train.py", "--cfg", cfg, "DISTILLER.TEACHER_CKPT", digits_teacher_ckpt,
+                   "LOG.PREFIX", str(tmp_path), "SOLVER.EPOCHS", "1", "LOG.PROGRESS", "False")
+    assert res.returncode == 0, res.stderr[-2000:]
+    (metrics_file,) = list(tmp_path.rglob("metrics.json"))
+    metrics = json.loads(metrics_file.read_text())
+    assert metrics["method"] == method.upper() and metrics["last_epoch"] == 1
+    assert metrics["last_acc"] > 10.0  # above chance after one epoch (accuracy floors: test_distillers.py)

@@ -198,3 +198,14 @@ def test_config_fuzz_never_crashes_unhandled():
         except KdlabError:
             failed += 1
     assert loaded > 10 and failed > 100
+
+
+def test_unconnectable_feature_layers_fail_before_the_run_directory_exists(tmp_path, digits_teacher_ckpt):
+    from kdlab.errors import ConfigError
+
+    cfg = load_cfg(os.path.join(REPO, "configs/digits/featkd/digits_teacher_digits_student.yaml"),
+                   digits_opts(str(tmp_path), epochs=1, **{"DISTILLER.TEACHER_CKPT": digits_teacher_ckpt,
+                                                           "FEATKD.STUDENT_LAYERS": "[7]"}))
+    with pytest.raises(ConfigError, match="FEATKD"):
+        train(cfg)
+    assert not (tmp_path / "digits").exists()

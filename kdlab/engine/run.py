@@ -42,6 +42,18 @@ def choose_run_dir(cfg: CfgNode, resume: bool) -> str:
     return base
 
 
+def check_writable(prefix: str) -> None:
+    """Fail early if LOG.PREFIX cannot be created or written (checks the nearest existing folder)."""
+    path = os.path.abspath(prefix)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path) or not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"LOG.PREFIX {prefix} is not writable ({path} is not a writable folder); "
+            "set LOG.PREFIX to a writable folder"
+        )
+
+
 def prepare_run_dir(path: str) -> None:
     try:
         os.makedirs(path, exist_ok=True)
@@ -66,18 +78,14 @@ def describe(cfg: CfgNode) -> str:
 def train(cfg: CfgNode, resume: bool = False, install_signal_handlers: bool = False) -> dict:
     """Train the configured run; return the metrics summary (also written to metrics.json)."""
     setup_logging()
-    run_dir = choose_run_dir(cfg, resume)
+    # Everything that can fail on bad input runs before the run directory is touched.
     resume_state = None
     if resume:
-        latest = os.path.join(run_dir, "latest")
+        latest = os.path.join(configured_run_dir(cfg), "latest")
         if not os.path.isfile(latest):
             raise ConfigError(f"--resume: no checkpoint {latest}; run without --resume")
         resume_state = load_training_state(latest)  # refuse a bad file before any work starts
-    if dist_utils.is_main():
-        prepare_run_dir(run_dir)
-        with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:
-            f.write(f"# {describe(cfg)}\n")
-            f.write(cfg.dump())
+    check_writable(cfg.LOG.PREFIX)
     configure_backends(cfg)
     device = select_device(cfg, int(os.environ.get("LOCAL_RANK", "0")) if dist_utils.is_distributed() else None)
     splits, distiller = build_everything(cfg)
@@ -86,6 +94,12 @@ def train(cfg: CfgNode, resume: bool = False, install_signal_handlers: bool = Fa
         cfg, rank=dist_utils.rank(), world_size=dist_utils.world_size(), splits=splits
     )
     model = wrap_distributed(cfg, distiller, device)
+    run_dir = choose_run_dir(cfg, resume)
+    if dist_utils.is_main():
+        prepare_run_dir(run_dir)
+        with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:
+            f.write(f"# {describe(cfg)}\n")
+            f.write(cfg.dump())
     trainer = Trainer(cfg, distiller, train_loader, val_loader, run_dir, device, model=model)
     log.info("run: %s", describe(cfg))
     log.info("run directory: %s | device: %s | AMP: %s", run_dir, device,
