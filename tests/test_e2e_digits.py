@@ -23,6 +23,12 @@ def test_kd_logit_stand_student_trains_and_evaluates(tmp_path, digits_teacher_ck
     assert "logit standardization ON" in (run_dir / "worklog.txt").read_text()
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["logit_stand"] is True and len(metrics["history"]) == 8
+    assert metrics["input_size"] == [8, 8] and metrics["in_channels"] == 1
+    from kdlab.evaluation.model_info import model_info
+    from kdlab.models import build_model
+
+    assert metrics["student_macs"] == model_info(build_model("digits_student", 10, in_channels=1), 8, 1,
+                                                 latency_runs=0)["macs"]
     assert metrics["best_acc"] == max(h["test_acc"] for h in metrics["history"])
     assert metrics["last_acc"] == metrics["history"][-1]["test_acc"]
     for name in ("latest", "best", "student_best", "student_latest"):

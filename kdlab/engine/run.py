@@ -42,6 +42,14 @@ def choose_run_dir(cfg: CfgNode, resume: bool) -> str:
     return base
 
 
+def student_facts(student, splits) -> dict:
+    """Student MACs for one image at the training resolution (recorded in metrics.json for reports)."""
+    from kdlab.evaluation.model_info import model_info
+
+    info = model_info(student, list(splits.input_size), in_channels=splits.in_channels, latency_runs=0)
+    return {"student_macs": info["macs"], "input_size": list(splits.input_size), "in_channels": splits.in_channels}
+
+
 def check_writable(prefix: str) -> None:
     """Fail early if LOG.PREFIX cannot be created or written (checks the nearest existing folder)."""
     path = os.path.abspath(prefix)
@@ -89,6 +97,7 @@ def train(cfg: CfgNode, resume: bool = False, install_signal_handlers: bool = Fa
     configure_backends(cfg)
     device = select_device(cfg, int(os.environ.get("LOCAL_RANK", "0")) if dist_utils.is_distributed() else None)
     splits, distiller = build_everything(cfg)
+    facts = student_facts(distiller.student, splits)
     prepare_distiller(cfg, distiller, device)
     train_loader, val_loader, _ = build_dataloaders(
         cfg, rank=dist_utils.rank(), world_size=dist_utils.world_size(), splits=splits
@@ -100,7 +109,7 @@ def train(cfg: CfgNode, resume: bool = False, install_signal_handlers: bool = Fa
         with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:
             f.write(f"# {describe(cfg)}\n")
             f.write(cfg.dump())
-    trainer = Trainer(cfg, distiller, train_loader, val_loader, run_dir, device, model=model)
+    trainer = Trainer(cfg, distiller, train_loader, val_loader, run_dir, device, model=model, facts=facts)
     log.info("run: %s", describe(cfg))
     log.info("run directory: %s | device: %s | AMP: %s", run_dir, device,
              cfg.SOLVER.AMP_DTYPE if cfg.SOLVER.AMP else "off")

@@ -93,11 +93,13 @@ class Trainer:
         run_dir: str,
         device: torch.device,
         model: Optional[nn.Module] = None,
+        facts: Optional[dict] = None,
     ) -> None:
         self.cfg, self.distiller, self.device = cfg, distiller, device
         self.train_loader, self.val_loader = train_loader, val_loader
         self.run_dir = run_dir
         self.model = model if model is not None else distiller  # DDP-wrapped in distributed runs
+        self.facts = dict(facts or {})  # e.g. student MACs, input size: copied into metrics.json
         splits = getattr(train_loader, "splits", None)
         self.num_classes = splits.num_classes if splits is not None else None
         # segmentation: train_acc is pixel accuracy and test_acc the mIoU (best/early stop/plateau follow it)
@@ -406,6 +408,7 @@ class Trainer:
             "seed": self.cfg.EXPERIMENT.SEED,
             "student_params": sum(p.numel() for p in self.distiller.student.parameters()),
             "extra_params": self.distiller.extra_parameter_count(),
+            **self.facts,
             "history": self.history,
         }
 

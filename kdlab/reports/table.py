@@ -29,7 +29,7 @@ NO_VALUE = "—"
 CSV_FIELDS = [
     "dataset", "teacher", "student", "method", "logit_stand", "epochs", "n", "seeds",
     "last_top1_mean", "last_top1_std", "best_top1_mean", "best_top1_std", "last_top5_mean", "last_top5_std",
-    "student_params", "extra_params", "train_time_s_mean", "run_dirs",
+    "student_params", "extra_params", "student_macs", "train_time_s_mean", "run_dirs",
 ]
 
 
@@ -159,6 +159,7 @@ def summarize(runs: list[Run]) -> list[dict]:
             row[f"{name}_mean"], row[f"{name}_std"] = mean_std(values) if values else (math.nan, None)
         row["student_params"] = members[0].metrics.get("student_params")
         row["extra_params"] = members[0].metrics.get("extra_params") or 0
+        row["student_macs"] = members[0].metrics.get("student_macs")
         row["train_time_s_mean"] = statistics.fmean(float(r.metrics.get("train_time_s") or 0.0) for r in members)
         rows.append(row)
     return rows
@@ -186,6 +187,13 @@ def format_count(n: Optional[int]) -> str:
     return str(n)
 
 
+def format_macs(macs: Optional[float]) -> str:
+    """MACs as M or G (runs written before MACs were recorded show a dash)."""
+    if macs is None:
+        return NO_VALUE
+    return f"{macs / 1e9:.3f} G" if macs >= 1e9 else f"{macs / 1e6:.2f} M"
+
+
 def format_duration(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.1f} s"
@@ -195,18 +203,19 @@ def format_duration(seconds: float) -> str:
 
 
 TABLE_HEADER = ["Dataset", "Teacher", "Student", "Method", "LS", "Epochs", "n",
-                "Top-1 last", "Top-1 best", "Top-5 last", "Params", "Train time"]
+                "Top-1 last", "Top-1 best", "Top-5 last", "Params", "MACs", "Train time"]
 TABLE_NOTE = (
     "Top-1/top-5: test accuracy (%), mean ± sample std (n − 1) over the n runs (seeds); "
     "'—' for the std means a single run. **last** = after the final epoch (the headline number); "
     "best = maximum over epochs, selected on the test set, hence optimistic. LS = logit standardization. "
-    "Params: student (+ extra modules the method trains). Train time: mean per run."
+    "Params: student (+ extra modules the method trains). MACs: student, one image at the training resolution. "
+    "Train time: mean per run."
 )
 
 
 def markdown_table(rows: list[dict]) -> str:
     """The rows as a GitHub-flavoured Markdown table (no surrounding text)."""
-    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "|".join(["---"] * 5 + ["---:"] * 7) + "|"]
+    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "|".join(["---"] * 5 + ["---:"] * 8) + "|"]
     for r in rows:
         params = format_count(r["student_params"])
         if r["extra_params"]:
@@ -217,7 +226,7 @@ def markdown_table(rows: list[dict]) -> str:
             f"**{format_mean_std(r['last_top1_mean'], r['last_top1_std'])}**",
             format_mean_std(r["best_top1_mean"], r["best_top1_std"]),
             format_mean_std(r["last_top5_mean"], r["last_top5_std"]),
-            params, format_duration(r["train_time_s_mean"]),
+            params, format_macs(r.get("student_macs")), format_duration(r["train_time_s_mean"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
