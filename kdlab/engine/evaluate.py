@@ -6,7 +6,6 @@ mIoU, pixel accuracy, per-class IoU, confusion matrix.
 
 from __future__ import annotations
 
-import torch
 from yacs.config import CfgNode
 
 from kdlab.data import build_dataloaders, build_datasets
@@ -37,4 +36,4 @@ def evaluate_checkpoint(cfg: CfgNode, ckpt: str) -> dict:
     return report
 
 
-__all__ = ["evaluate_checkpoint", "torch"]
+__all__ = ["evaluate_checkpoint"]

@@ -9,7 +9,6 @@ uninterrupted run does (bit-identical on CPU).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -25,7 +24,7 @@ from yacs.config import CfgNode
 
 from kdlab.data.sampling import mix_seed
 from kdlab.engine import distributed as dist_utils
-from kdlab.engine.checkpoint import FORMAT, FORMAT_VERSION, atomic_save, load_training_state
+from kdlab.engine.checkpoint import FORMAT, FORMAT_VERSION, atomic_save
 from kdlab.engine.loggers import RunLogger
 from kdlab.engine.metrics import correct_and_count, evaluate, evaluate_segmentation
 from kdlab.engine.optim import build_optimizer, build_scheduler, set_lr
@@ -167,14 +166,6 @@ class Trainer:
         self.history, self.train_time = list(state["history"]), state["train_time"]
         self._resume_step, self._partial = state.get("step_in_epoch", 0), state.get("partial")
         self._resume_rng = state["rng"] if self._resume_step else None
-
-    def resume(self, path: Optional[str] = None) -> None:
-        path = path or os.path.join(self.run_dir, "latest")
-        if not os.path.isfile(path):
-            raise CheckpointError(f"--resume: no checkpoint at {path}; start the run without --resume")
-        self.load_state_dict(load_training_state(path))
-        where = f"epoch {self.epoch}" + (f" + {self._resume_step} steps" if self._resume_step else "")
-        log.info("resumed from %s (%s)", path, where)
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict:
@@ -412,9 +403,3 @@ class Trainer:
             "history": self.history,
         }
 
-
-def write_json(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)

@@ -72,6 +72,16 @@ def run_stage(stage: nn.Sequential, x: Tensor) -> tuple[Tensor, Tensor]:
     return x, preact
 
 
+def run_stages(x: Tensor, stages: list[nn.Module]) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """Run the stages after the stem output x; feats and preact_feats start with x (mdistiller's order)."""
+    feats, preacts = [x], [x]
+    for stage in stages:
+        x, preact = run_stage(stage, x)
+        feats.append(x)
+        preacts.append(preact)
+    return x, feats, preacts
+
+
 def channel_shuffle(x: Tensor, groups: int) -> Tensor:
     """ShuffleNet's channel shuffle: [N, g*c, H, W] -> interleave the g groups."""
     n, c, h, w = x.shape

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kdlab.models.cifar.common import Tensor, global_pool, init_like_mdistiller, register_variants, run_stage
+from kdlab.models.cifar.common import Tensor, global_pool, init_like_mdistiller, register_variants, run_stages
 
 
 def _projection(cin: int, cout: int, stride: int) -> nn.Module | None:
@@ -110,12 +110,8 @@ class ResNet(nn.Module):
         init_like_mdistiller(self)
 
     def forward(self, x: Tensor) -> tuple[Tensor, dict]:
-        x = F.relu(self.bn1(self.conv1(x)))
-        feats, preacts = [x], [x]
-        for name in self.stage_names:
-            x, preact = run_stage(getattr(self, name), x)
-            feats.append(x)
-            preacts.append(preact)
+        stem = F.relu(self.bn1(self.conv1(x)))
+        x, feats, preacts = run_stages(stem, [getattr(self, name) for name in self.stage_names])
         pooled = global_pool(x, self.adaptive_pool)
         logits = getattr(self, self.head_name)(pooled)
         return logits, {"feats": feats, "preact_feats": preacts, "pooled_feat": pooled}

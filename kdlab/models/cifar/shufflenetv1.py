@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kdlab.models.cifar.common import Tensor, channel_shuffle, global_pool, register_variants, run_stage
+from kdlab.models.cifar.common import Tensor, channel_shuffle, global_pool, register_variants, run_stages
 
 
 class ShuffleUnit(nn.Module):
@@ -63,12 +63,8 @@ class ShuffleNetV1(nn.Module):
         self.stage_channels = [24, *widths]
 
     def forward(self, x: Tensor) -> tuple[Tensor, dict]:
-        x = F.relu(self.bn1(self.conv1(x)))
-        feats, preacts = [x], [x]
-        for i in range(self.num_stages):
-            x, preact = run_stage(getattr(self, f"layer{i + 1}"), x)
-            feats.append(x)
-            preacts.append(preact)
+        stem = F.relu(self.bn1(self.conv1(x)))
+        x, feats, preacts = run_stages(stem, [getattr(self, f"layer{i + 1}") for i in range(self.num_stages)])
         pooled = global_pool(x)
         return self.linear(pooled), {"feats": feats, "preact_feats": preacts, "pooled_feat": pooled}
 
