@@ -8,7 +8,9 @@ Each case configures a reference distiller from a peer YAML file (mdistiller's o
 logit-standardization-KD repository's, with --logit-stand applied as that repository's
 tools/train.py does), swaps in small models (teacher resnet14, student resnet8, 100 classes),
 fills every weight from its state-dict key alone (`seeded_state_dict`), and runs STEPS SGD steps
-the way mdistiller's trainer does: forward in float32, loss = sum of the loss dict, backward,
+the way mdistiller's trainer does: forward (in float64: in float32, steps from random weights are
+chaotic enough that the last bits of a reduction, which differ between CPUs and thread counts,
+move the result by ~1e-5), loss = sum of the loss dict, backward,
 SGD(lr, momentum, weight decay) on the distiller's learnable parameters, the LR set per epoch.
 It stores each step's losses, a digest of the student (and connector) weights after the steps,
 and the resolved config values, so tests/test_distiller_reference_steps.py can repeat the steps
@@ -33,7 +35,8 @@ SEED = 20240917
 BATCH, SIZE, NUM_CLASSES = 8, 32, 100
 TEACHER, STUDENT = "resnet14", "resnet8"
 STEP_EPOCHS = (1, 10, 30)  # one step in each: DKD's warm-up factor is 0.05, 0.5, 1
-DIGITS = 12  # significant digits kept in the JSON file
+DIGITS = 15  # significant digits kept in the JSON file
+DTYPE = torch.float64  # models, batches and steps on both sides
 
 # name: (reference repo, peer YAML relative to peer_configs/, --logit-stand, config keys that matter)
 _SOLVER = ("SOLVER.LR", "SOLVER.MOMENTUM", "SOLVER.WEIGHT_DECAY", "SOLVER.LR_DECAY_STAGES", "SOLVER.LR_DECAY_RATE")
@@ -77,10 +80,10 @@ def load_seeded(module: torch.nn.Module, prefix: str) -> None:
 def step_batch(step: int, two_views: bool = False):
     """The seeded batch of one step: N(0,1) images (and a second, perturbed view) and labels."""
     g = torch.Generator().manual_seed(SEED + 1000 + step)
-    image = torch.randn(BATCH, 3, SIZE, SIZE, generator=g)
+    image = torch.randn(BATCH, 3, SIZE, SIZE, generator=g, dtype=DTYPE)
     target = torch.randint(0, NUM_CLASSES, (BATCH,), generator=g)
     if two_views:
-        strong = image.flip(-1) + 0.5 * torch.randn(BATCH, 3, SIZE, SIZE, generator=g)
+        strong = image.flip(-1) + 0.5 * torch.randn(BATCH, 3, SIZE, SIZE, generator=g, dtype=DTYPE)
         return (image, strong), target
     return image, target
 
@@ -161,7 +164,7 @@ def run_reference_case(case: str, repo_path: str, peer_root: Path) -> dict:
     torch.manual_seed(0)  # the reference's shape probe (FitNet) draws random data
     student = getattr(models, STUDENT)(num_classes=NUM_CLASSES)
     teacher = getattr(models, TEACHER)(num_classes=NUM_CLASSES)
-    distiller = distillers.distiller_dict[cfg.DISTILLER.TYPE](student, teacher, cfg)
+    distiller = distillers.distiller_dict[cfg.DISTILLER.TYPE](student, teacher, cfg).to(DTYPE)
     load_seeded(distiller.teacher, "teacher.")
     for name, module in trained_modules(distiller, case).items():
         load_seeded(module, name + ".")
@@ -225,6 +228,7 @@ def main() -> None:
         "student": STUDENT,
         "step_epochs": list(STEP_EPOCHS),
         "torch": torch.__version__,
+        "dtype": str(DTYPE).removeprefix("torch."),
         "cases": cases,
     }
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
