@@ -1,5 +1,5 @@
 """Each on-disk dataset end to end: a tiny copy in the real layout, one epoch from a shipped vanilla config,
-then the checkpoint evaluated the way tools/eval.py does (kdlab.engine.evaluate.evaluate_checkpoint)."""
+then the checkpoint evaluated the way tools/eval.py does (kdlab.engine.builder.evaluate_checkpoint)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from conftest import REPO
 from fixtures_data import write_cifar, write_imagefolder_dataset
 
 from kdlab.config import load_cfg
-from kdlab.engine.evaluate import evaluate_checkpoint
+from kdlab.engine.builder import evaluate_checkpoint
 from kdlab.engine.run import train
 
 

@@ -23,7 +23,7 @@ import torch
 
 from kdlab.config import get_cfg, load_cfg
 from kdlab.config.load import merge_dict
-from kdlab.distillers import build_distiller
+from kdlab.distillers import DatasetFacts, build_distiller
 from kdlab.engine.optim import build_optimizer, build_scheduler, set_lr
 from kdlab.models import build_model
 
@@ -96,7 +96,8 @@ def test_steps_match_reference(case):
     torch.manual_seed(0)
     student = build_model(REFS["student"], REFS["num_classes"])
     teacher = build_model(REFS["teacher"], REFS["num_classes"])
-    distiller = build_distiller(cfg, student, teacher).to(refs.DTYPE)
+    facts = DatasetFacts(num_classes=REFS["num_classes"], input_size=(refs.SIZE, refs.SIZE), in_channels=3)
+    distiller = build_distiller(cfg, student, teacher, facts=facts).to(refs.DTYPE)
     refs.load_seeded(distiller.teacher, "teacher.")
     modules = refs.trained_modules(distiller, case)
     for name, module in modules.items():

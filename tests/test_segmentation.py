@@ -14,12 +14,11 @@ from conftest import REPO
 from fixtures_data import write_voc
 
 from kdlab.config import get_cfg, load_cfg
-from kdlab.distillers import build_distiller
+from kdlab.distillers import DatasetFacts, build_distiller
 from kdlab.distillers.base import cross_entropy
 from kdlab.distillers.losses import flatten_pixels, kd_loss, kd_loss_any, pixel_kd_loss, standardize
-from kdlab.engine.metrics import correct_and_count, evaluate_segmentation
 from kdlab.errors import CheckpointError
-from kdlab.evaluation.segmentation import confusion_matrix, iou_from_confusion
+from kdlab.evaluation.metrics import confusion_matrix, correct_and_count, evaluate_segmentation, iou_from_confusion
 from kdlab.models import build_model
 
 VANILLA = os.path.join(REPO, "configs/voc/vanilla/seg_small.yaml")
@@ -213,7 +212,8 @@ def test_kd_distiller_uses_per_pixel_kd_and_ignore_aware_ce():
 def test_featkd_composes_ce_kd_and_feature_mse_on_segmentation():
     torch.manual_seed(0)
     student, teacher = build_model("seg_small", 21), build_model("lraspp_mobilenet_v3_large", 21)
-    distiller = build_distiller(_seg_cfg("FEATKD"), student, teacher).train()
+    facts = DatasetFacts(num_classes=21, input_size=(32, 32), in_channels=3, task="segmentation")
+    distiller = build_distiller(_seg_cfg("FEATKD"), student, teacher, facts=facts).train()
     target = torch.randint(0, 21, (2, 32, 32))
     logits, losses = distiller(torch.randn(2, 3, 32, 32), target, epoch=1)
     assert set(losses) == {"loss_ce", "loss_kd", "loss_feat"}

@@ -51,9 +51,8 @@ def main(argv: list[str]) -> int:
         raise ConfigError("--ckpt PATH is required (a kdlab run's student_best, or an mdistiller checkpoint)")
     cfg = load_cfg(args.cfg or None, opts)
 
-    from kdlab.engine.evaluate import evaluate_checkpoint
-    from kdlab.evaluation import format_report
-    from kdlab.evaluation.segmentation import format_segmentation_report
+    from kdlab.engine.builder import evaluate_checkpoint
+    from kdlab.evaluation import format_report, format_segmentation_report
 
     report = evaluate_checkpoint(cfg, args.ckpt)
     if args.plots:

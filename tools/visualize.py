@@ -40,7 +40,11 @@ def main(argv: list[str]) -> int:
     if args.max_samples < 2:
         raise ConfigError(f"--max-samples {args.max_samples}: use at least 2")
     cfg = load_cfg(args.cfg or None, args.opts)
-    if not cfg.DISTILLER.TEACHER or (cfg.DISTILLER.TYPE == "NONE" and "DISTILLER.TEACHER" not in args.opts):
+
+    from kdlab.distillers import get_distiller_class
+
+    no_teacher = not get_distiller_class(cfg.DISTILLER.TYPE).needs_teacher
+    if not cfg.DISTILLER.TEACHER or (no_teacher and "DISTILLER.TEACHER" not in args.opts):
         raise ConfigError(f"{args.cfg or 'the default config'} trains without a teacher (DISTILLER.TYPE "
                           f"{cfg.DISTILLER.TYPE}): use a distillation config or pass DISTILLER.TEACHER NAME")
 

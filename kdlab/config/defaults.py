@@ -105,7 +105,7 @@ _C.DKD.WARMUP = 20  # epochs of linear warm-up of the KD terms (0 = none)
 # FitNet (Romero et al. 2015): MSE between ConvReg(student hint) and the teacher's hint
 _C.FITNET = CN()
 _C.FITNET.HINT_LAYER = 2  # index into feats["feats"] (0 = stem, 1..4 = stages), same for both models
-_C.FITNET.INPUT_SIZE = (32, 32)  # (H, W) of the zero batch that probes feature shapes; use the training size
+_C.FITNET.INPUT_SIZE = ()  # (H, W) of the zero batch that probes feature shapes; empty = the dataset's size
 _C.FITNET.LOSS = CN()
 _C.FITNET.LOSS.CE_WEIGHT = 1.0  # weight of the cross-entropy term
 _C.FITNET.LOSS.FEAT_WEIGHT = 100.0  # weight of the hint MSE (loss_feat)

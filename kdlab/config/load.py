@@ -10,12 +10,10 @@ from typing import Any
 import yaml
 from yacs.config import CfgNode as CN
 
+from kdlab.config import hooks
 from kdlab.config.defaults import get_cfg
 from kdlab.errors import ConfigError
 from kdlab.registry import closest_names
-
-# The methods for which --logit-stand has a meaning, and what it sets.
-LOGIT_STAND_METHODS = ("KD", "DKD", "MLKD", "CONKD", "FEATKD")
 
 
 def _type_name(value: Any) -> str:
@@ -150,29 +148,20 @@ def _deep_update(into: dict, new: dict) -> None:
 
 
 def apply_logit_stand(cfg: CN, base_temp: float, kd_weight: float) -> None:
-    """Apply --logit-stand exactly as logit-standardization-KD's tools/train.py does."""
-    from kdlab.distillers.build import resolve_method  # KD_ours (MLKD's own name) is MLKD
+    """Apply --logit-stand exactly as logit-standardization-KD's tools/train.py does.
 
-    method = resolve_method(cfg.DISTILLER.TYPE)
-    if method not in LOGIT_STAND_METHODS:
+    What it sets is declared by the method's class (`Distiller.apply_logit_stand`); a method that
+    does not declare it refuses the flag.
+    """
+    method = hooks.method_class(cfg.DISTILLER.TYPE)
+    if method is None or not method.supports_logit_stand:
+        able = [n for n in hooks.method_names() if hooks.method_class(n).supports_logit_stand]
         raise ConfigError(
-            f"--logit-stand is not supported for DISTILLER.TYPE {method!r}; "
-            f"it applies to {', '.join(LOGIT_STAND_METHODS)}"
+            f"--logit-stand is not supported for DISTILLER.TYPE {cfg.DISTILLER.TYPE!r}; "
+            f"it applies to {', '.join(able)}"
         )
     cfg.EXPERIMENT.LOGIT_STAND = True
-    if method in ("KD", "MLKD"):
-        cfg.KD.TEMPERATURE = float(base_temp)
-        cfg.KD.LOSS.KD_WEIGHT = float(kd_weight)
-    elif method == "DKD":
-        cfg.DKD.ALPHA = cfg.DKD.ALPHA * kd_weight
-        cfg.DKD.BETA = cfg.DKD.BETA * kd_weight
-        cfg.DKD.T = float(base_temp)
-    elif method == "CONKD":
-        cfg.CONKD.TEMPERATURE = float(base_temp)
-        cfg.CONKD.KD_WEIGHT = float(kd_weight)
-    elif method == "FEATKD":
-        cfg.FEATKD.TEMPERATURE = float(base_temp)
-        cfg.FEATKD.ALPHA = float(kd_weight)
+    method.apply_logit_stand(cfg, base_temp, kd_weight)
 
 
 def load_cfg(

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from yacs.config import CfgNode
 
+from kdlab.config import hooks
 from kdlab.errors import ConfigError
 from kdlab.registry import closest_names
 
-# Model names of the reference code that configs may name but kdlab does not build yet.
-MODELS_NOT_YET_IMPLEMENTED = ("MobileNetV1",)
 TRAINERS = ("base", "aug", "ours", "crd", "dot")
+TWO_VIEW_TRAINERS = ("aug", "ours")  # the reference code's trainers that feed two views per image
+# Keys whose valid names are registered by the packages that own them (kdlab.config.hooks), in checking order.
+REGISTERED_NAME_KEYS = (
+    "DATASET.TYPE",
+    "DISTILLER.TYPE",
+    "DISTILLER.STUDENT",
+    "DISTILLER.TEACHER",
+    "SOLVER.TYPE",
+    "SOLVER.SCHEDULER",
+)
 
 
 def _check_name(key: str, value: str, valid: list[str], extra_ok: tuple = ()) -> None:
@@ -27,26 +36,24 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
 
 def validate_cfg(cfg: CfgNode) -> None:
     """Raise ConfigError for an unknown model/method/dataset/optimizer/scheduler or an out-of-range value."""
-    from kdlab.data import DATASETS
-    from kdlab.data.build import NOT_YET_IMPLEMENTED as DATASETS_NYI
-    from kdlab.distillers import known_methods
-    from kdlab.engine.optim import OPTIMIZERS, SCHEDULERS
-    from kdlab.models import MODELS
-    from kdlab.models.build import IMAGENET_ALIASES
-
-    _check_name("DATASET.TYPE", cfg.DATASET.TYPE, DATASETS.names(), DATASETS_NYI)
-    _check_name("DISTILLER.TYPE", cfg.DISTILLER.TYPE, known_methods())
-    model_names = MODELS.names()
-    ok_models = MODELS_NOT_YET_IMPLEMENTED + tuple(IMAGENET_ALIASES)
-    _check_name("DISTILLER.STUDENT", cfg.DISTILLER.STUDENT, model_names, ok_models)
-    if cfg.DISTILLER.TYPE != "NONE":
-        _check_name("DISTILLER.TEACHER", cfg.DISTILLER.TEACHER, model_names, ok_models)
-    _check_name("SOLVER.TYPE", cfg.SOLVER.TYPE, OPTIMIZERS.names())
-    _check_name("SOLVER.SCHEDULER", cfg.SOLVER.SCHEDULER, SCHEDULERS.names())
+    method = hooks.method_class(cfg.DISTILLER.TYPE)
+    for key in REGISTERED_NAME_KEYS:
+        if key == "DISTILLER.TEACHER" and method is not None and not method.needs_teacher:
+            continue
+        valid = hooks.valid_names(key)
+        if valid is not None:
+            group, leaf = key.split(".")
+            _check_name(key, cfg[group][leaf], *valid)
     _check_name("SOLVER.TRAINER", cfg.SOLVER.TRAINER, list(TRAINERS))
     _check_name("SOLVER.AMP_DTYPE", cfg.SOLVER.AMP_DTYPE, ["bfloat16", "float16"])
     _check_name("SOLVER.PLATEAU_METRIC", cfg.SOLVER.PLATEAU_METRIC, ["test_acc", "test_loss"])
     _check_name("CONKD.SUPCON_VARIANT", cfg.CONKD.SUPCON_VARIANT, ["khosla", "seed"])
+    if cfg.SOLVER.TRAINER in TWO_VIEW_TRAINERS and method is not None and not method.two_views:
+        raise ConfigError(
+            f"SOLVER.TRAINER {cfg.SOLVER.TRAINER!r} feeds two views per image, which DISTILLER.TYPE "
+            f"{cfg.DISTILLER.TYPE!r} does not take; use SOLVER.TRAINER base (two-view methods get two "
+            "views whatever the trainer)"
+        )
 
     _positive("SOLVER.LR", cfg.SOLVER.LR)
     _positive("SOLVER.BATCH_SIZE", cfg.SOLVER.BATCH_SIZE)

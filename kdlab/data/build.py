@@ -2,8 +2,8 @@
 
 A dataset builder is registered with `@DATASETS.register("name")` and called as
 `builder(cfg, two_views=False) -> DatasetSplits`. Every dataset item is
-`(image, target, index)`; for two-view methods (MLKD) the training image is a tuple
-`(weak, strong)`.
+`(image, target, index)`; with two_views (asked for by kdlab.engine.builder when the method's
+class declares `two_views`, e.g. MLKD) the training image is a tuple `(weak, strong)`.
 """
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from yacs.config import CfgNode
 
+from kdlab.config import hooks
 from kdlab.data.sampling import ResumableSampler, SeededDataset, worker_init
+from kdlab.errors import UnknownNameError
 from kdlab.registry import Registry
 
 DATASETS = Registry("dataset")
 # Dataset names of the reference code that configs may name but kdlab does not read yet.
 NOT_YET_IMPLEMENTED = ("tiny_imagenet",)
-TWO_VIEW_TRAINERS = ("aug", "ours")
-TWO_VIEW_METHODS = ("MLKD", "KD_ours")
+hooks.register_names("DATASET.TYPE", DATASETS.names, NOT_YET_IMPLEMENTED)
 
 
 @dataclass
@@ -35,7 +36,7 @@ class DatasetSplits:
     class_names: list[str]
     task: str = "classification"  # classification | segmentation
     in_channels: int = 3
-    input_size: tuple[int, int] = (32, 32)
+    input_size: tuple[int, int] = (32, 32)  # (H, W) of the training images, as the builder makes them
     # For in-memory datasets: a transform applied to whole batches on the training device,
     # called as fn(batch, generator) -> batch. None when items are already transformed.
     train_batch_transform: Optional[Callable] = None
@@ -43,27 +44,19 @@ class DatasetSplits:
     info: dict = field(default_factory=dict)  # e.g. which on-disk variant was used
 
 
-def wants_two_views(cfg: CfgNode) -> bool:
-    return cfg.SOLVER.TRAINER in TWO_VIEW_TRAINERS or cfg.DISTILLER.TYPE in TWO_VIEW_METHODS
-
-
-def build_datasets(cfg: CfgNode, two_views: bool | None = None) -> DatasetSplits:
-    """Build the configured dataset's train/val splits (no loaders)."""
+def build_datasets(cfg: CfgNode, two_views: bool = False) -> DatasetSplits:
+    """Build the configured dataset's train/val splits (no loaders); two_views: (weak, strong) training images."""
     if cfg.DATASET.TYPE in NOT_YET_IMPLEMENTED and cfg.DATASET.TYPE not in DATASETS:
-        from kdlab.errors import UnknownNameError
-
         raise UnknownNameError(
             f"DATASET.TYPE {cfg.DATASET.TYPE!r} is not supported by kdlab yet "
             f"(supported: {', '.join(DATASETS.names())})"
         )
-    if two_views is None:
-        two_views = wants_two_views(cfg)
     return DATASETS.get(cfg.DATASET.TYPE)(cfg, two_views=two_views)
 
 
 def build_dataloaders(
     cfg: CfgNode,
-    two_views: bool | None = None,
+    two_views: bool = False,
     rank: int = 0,
     world_size: int = 1,
     splits: DatasetSplits | None = None,

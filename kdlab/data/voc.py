@@ -40,6 +40,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from kdlab.data.build import DATASETS, DatasetSplits
 from kdlab.data.imagenet import decode_image
+from kdlab.constants import IGNORE_INDEX
 from kdlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from kdlab.errors import ConfigError, DatasetFormatError, DatasetNotFoundError
 
@@ -49,7 +50,6 @@ VOC_CLASSES = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 ]  # fmt: skip
-IGNORE_INDEX = 255
 DEFAULT_IMAGE_SIZE = 320
 SCALE_RANGE = (0.5, 2.0)
 VOC_FOLDER = os.path.join("VOCdevkit", "VOC2012")

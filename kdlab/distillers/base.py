@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from yacs.config import CfgNode
 
-from kdlab.distillers.losses import IGNORE_INDEX
+from kdlab.constants import IGNORE_INDEX
+from kdlab.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DatasetFacts:
+    """What a method may need to know about the dataset (built by kdlab.engine.builder from DatasetSplits).
+
+    None means "not known"; `build_distiller` checks that the facts a method declares are known.
+    """
+
+    num_classes: Optional[int] = None
+    num_train: Optional[int] = None  # training samples: the size of a memory bank indexed by `index`
+    input_size: Optional[tuple[int, int]] = None  # (H, W) of the training images
+    in_channels: Optional[int] = None
+    task: str = "classification"  # classification | segmentation
 
 
 class Distiller(nn.Module):
@@ -19,11 +36,37 @@ class Distiller(nn.Module):
     the total loss is the sum of the dict. `extras` carries `epoch` (for warm-ups) and
     `index` (for memory-bank methods). Two-view methods set `two_views = True` and receive
     `image` as a tuple (weak, strong).
+
+    Everything the rest of kdlab needs to know about a method is declared here, on its class:
+    the class attributes below, `needed_facts` and `apply_logit_stand`. `supports_logit_stand`
+    is derived: True when the class (or a parent other than Distiller) defines apply_logit_stand.
     """
 
     two_views: bool = False  # the data pipeline must deliver (weak, strong) views
-    supports_logit_stand: bool = False
+    needs_teacher: bool = True  # False: no teacher is built or loaded (DISTILLER.TEACHER is not checked)
     supports_segmentation: bool = False  # per-pixel logits (N, C, H, W) are handled
+    dataset_facts: tuple[str, ...] = ()  # the DatasetFacts fields from_config reads
+    supports_logit_stand: bool = False  # derived from apply_logit_stand, see __init_subclass__
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.supports_logit_stand = cls.apply_logit_stand.__func__ is not Distiller.apply_logit_stand.__func__
+
+    @classmethod
+    def needed_facts(cls, cfg: CfgNode) -> tuple[str, ...]:
+        """The DatasetFacts fields from_config reads with this config (a key may make one unnecessary)."""
+        return cls.dataset_facts
+
+    @classmethod
+    def apply_logit_stand(cls, cfg: CfgNode, base_temp: float, kd_weight: float) -> None:
+        """Set this method's keys for --logit-stand (Sun et al. CVPR 2024); methods that take it override this."""
+        raise ConfigError(f"--logit-stand is not supported by {cls.__name__}")
+
+    @classmethod
+    def from_config(
+        cls, cfg: CfgNode, student: nn.Module, teacher: Optional[nn.Module], facts: DatasetFacts
+    ) -> Distiller:
+        raise NotImplementedError
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None) -> None:
         super().__init__()

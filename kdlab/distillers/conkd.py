@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from kdlab.distillers.base import Distiller, cross_entropy
 from kdlab.distillers.build import DISTILLERS
-from kdlab.distillers.connectors import dataset_input_size, probe_features
+from kdlab.distillers.connectors import probe_features
 from kdlab.distillers.losses import kd_loss, supcon_loss
 
 
@@ -28,7 +28,7 @@ def projection_head(in_dim: int, out_dim: int) -> nn.Sequential:
 
 @DISTILLERS.register("CONKD")
 class ConKD(Distiller):
-    supports_logit_stand = True
+    dataset_facts = ("input_size",)  # the student is probed once to size the projection head
 
     def __init__(
         self,
@@ -50,9 +50,15 @@ class ConKD(Distiller):
         self.supcon_variant = supcon_variant
 
     @classmethod
-    def from_config(cls, cfg, student, teacher):
+    def apply_logit_stand(cls, cfg, base_temp, kd_weight):
+        """CONKD.TEMPERATURE = base_temp, CONKD.KD_WEIGHT = kd_weight (the logits are standardized anyway)."""
+        cfg.CONKD.TEMPERATURE = float(base_temp)
+        cfg.CONKD.KD_WEIGHT = float(kd_weight)
+
+    @classmethod
+    def from_config(cls, cfg, student, teacher, facts):
         c = cfg.CONKD
-        feat_dim = probe_features(student, dataset_input_size(cfg))["pooled_feat"].shape[1]
+        feat_dim = probe_features(student, facts.input_size)["pooled_feat"].shape[1]
         return cls(
             student,
             teacher,

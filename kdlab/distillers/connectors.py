@@ -7,32 +7,18 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from yacs.config import CfgNode
 
+from kdlab.distillers.base import DatasetFacts
 from kdlab.errors import ConfigError
 
-# Training resolution of each dataset when DATASET.IMAGE_SIZE is 0 (what its builder uses).
-DATASET_INPUT_SIZES = {
-    "digits": (8, 8),
-    "cifar10": (32, 32),
-    "cifar100": (32, 32),
-    "imagenette": (224, 224),
-    "imagenet": (224, 224),
-    "voc": (224, 224),
-}
 
-
-def dataset_input_size(cfg: CfgNode, configured: Sequence[int] = ()) -> tuple[int, int]:
-    """The (H, W) to probe models with: `configured` if set, else DATASET.IMAGE_SIZE, else the dataset's default."""
+def probe_size(key: str, configured: Sequence[int], facts: DatasetFacts) -> tuple[int, int]:
+    """The (H, W) to probe models with: `configured` (the config key `key`) if set, else the dataset's input size."""
     if configured:
         if len(configured) != 2:
-            raise ConfigError(f"an input size must be [H, W], got {list(configured)}")
+            raise ConfigError(f"{key} must be [H, W] or empty (the dataset's input size), got {list(configured)}")
         return int(configured[0]), int(configured[1])
-    if cfg.DATASET.IMAGE_SIZE:
-        return cfg.DATASET.IMAGE_SIZE, cfg.DATASET.IMAGE_SIZE
-    if cfg.DATASET.TYPE not in DATASET_INPUT_SIZES:
-        raise ConfigError(f"no default input size for DATASET.TYPE {cfg.DATASET.TYPE!r}; set DATASET.IMAGE_SIZE")
-    return DATASET_INPUT_SIZES[cfg.DATASET.TYPE]
+    return int(facts.input_size[0]), int(facts.input_size[1])
 
 
 def in_channels(model: nn.Module) -> int:

@@ -15,7 +15,6 @@ from kdlab.distillers.losses import dkd_loss
 
 @DISTILLERS.register("DKD")
 class DKD(Distiller):
-    supports_logit_stand = True
 
     def __init__(
         self,
@@ -33,7 +32,14 @@ class DKD(Distiller):
         self.temperature, self.warmup, self.logit_stand = temperature, warmup, logit_stand
 
     @classmethod
-    def from_config(cls, cfg, student, teacher):
+    def apply_logit_stand(cls, cfg, base_temp, kd_weight):
+        """DKD.T = base_temp; DKD.ALPHA and DKD.BETA are multiplied by kd_weight."""
+        cfg.DKD.ALPHA = cfg.DKD.ALPHA * kd_weight
+        cfg.DKD.BETA = cfg.DKD.BETA * kd_weight
+        cfg.DKD.T = float(base_temp)
+
+    @classmethod
+    def from_config(cls, cfg, student, teacher, facts):
         return cls(
             student,
             teacher,

@@ -23,9 +23,9 @@ from kdlab.distillers.build import DISTILLERS
 from kdlab.distillers.connectors import (
     FeatureConnector,
     check_connectable,
-    dataset_input_size,
     feature_shapes,
     pick_layer,
+    probe_size,
 )
 from kdlab.distillers.losses import feature_mse_loss, kd_loss_any
 from kdlab.errors import ConfigError
@@ -34,7 +34,7 @@ from kdlab.errors import ConfigError
 @DISTILLERS.register("FEATKD")
 class FeatureKD(Distiller):
     supports_segmentation = True
-    supports_logit_stand = True
+    dataset_facts = ("input_size",)  # shapes are probed at the training size unless FEATKD.INPUT_SIZE is set
 
     def __init__(
         self,
@@ -69,14 +69,24 @@ class FeatureKD(Distiller):
         self.connectors = nn.ModuleList(connectors)
 
     @classmethod
-    def from_config(cls, cfg, student, teacher):
+    def needed_facts(cls, cfg):
+        return () if cfg.FEATKD.INPUT_SIZE else cls.dataset_facts
+
+    @classmethod
+    def apply_logit_stand(cls, cfg, base_temp, kd_weight):
+        """FEATKD.TEMPERATURE = base_temp, FEATKD.ALPHA (the KD weight) = kd_weight, as for KD."""
+        cfg.FEATKD.TEMPERATURE = float(base_temp)
+        cfg.FEATKD.ALPHA = float(kd_weight)
+
+    @classmethod
+    def from_config(cls, cfg, student, teacher, facts):
         c = cfg.FEATKD
         return cls(
             student,
             teacher,
             student_layers=c.STUDENT_LAYERS,
             teacher_layers=c.TEACHER_LAYERS,
-            input_size=dataset_input_size(cfg, c.INPUT_SIZE),
+            input_size=probe_size("FEATKD.INPUT_SIZE", c.INPUT_SIZE, facts),
             ce_weight=c.CE_WEIGHT,
             alpha=c.ALPHA,
             beta=c.BETA,

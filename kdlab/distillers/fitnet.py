@@ -3,8 +3,9 @@
 loss_ce = LOSS.CE_WEIGHT * CE; loss_feat = LOSS.FEAT_WEIGHT * MSE(conv_reg(student hint), teacher hint),
 the hint being feats["feats"][HINT_LAYER] of each model and `conv_reg` mdistiller's ConvReg (its
 state-dict keys too). The shapes are probed once at construction with a zero batch of
-FITNET.INPUT_SIZE in eval mode (mdistiller probes in train mode with random data, which also
-moves the student's BatchNorm running statistics; kdlab leaves them untouched).
+FITNET.INPUT_SIZE (empty, the default: the dataset's training size, from the dataset facts) in
+eval mode (mdistiller probes in train mode with random data, which also moves the student's
+BatchNorm running statistics; kdlab leaves them untouched).
 mdistiller names the hint loss "loss_kd"; kdlab calls it "loss_feat".
 """
 
@@ -12,13 +13,15 @@ from __future__ import annotations
 
 from kdlab.distillers.base import Distiller, cross_entropy
 from kdlab.distillers.build import DISTILLERS
-from kdlab.distillers.connectors import ConvReg, feature_shapes, pick_layer
+from kdlab.distillers.connectors import ConvReg, feature_shapes, pick_layer, probe_size
 from kdlab.distillers.losses import feature_mse_loss
 from kdlab.errors import ConfigError
 
 
 @DISTILLERS.register("FITNET")
 class FitNet(Distiller):
+    dataset_facts = ("input_size",)  # shapes are probed at the training size unless FITNET.INPUT_SIZE is set
+
     def __init__(self, student, teacher, hint_layer: int, input_size, ce_weight: float, feat_weight: float):
         super().__init__(student, teacher)
         self.hint_layer, self.ce_weight, self.feat_weight = hint_layer, ce_weight, feat_weight
@@ -31,12 +34,16 @@ class FitNet(Distiller):
             raise ConfigError(f"{key} {hint_layer}: {exc}") from None
 
     @classmethod
-    def from_config(cls, cfg, student, teacher):
+    def needed_facts(cls, cfg):
+        return () if cfg.FITNET.INPUT_SIZE else cls.dataset_facts
+
+    @classmethod
+    def from_config(cls, cfg, student, teacher, facts):
         return cls(
             student,
             teacher,
             hint_layer=cfg.FITNET.HINT_LAYER,
-            input_size=tuple(cfg.FITNET.INPUT_SIZE),
+            input_size=probe_size("FITNET.INPUT_SIZE", cfg.FITNET.INPUT_SIZE, facts),
             ce_weight=cfg.FITNET.LOSS.CE_WEIGHT,
             feat_weight=cfg.FITNET.LOSS.FEAT_WEIGHT,
         )
@@ -49,7 +56,8 @@ class FitNet(Distiller):
         if hint.shape != target_feat.shape:
             raise ConfigError(
                 f"FITNET: the connector maps to {tuple(hint.shape[1:])} but the teacher's hint is "
-                f"{tuple(target_feat.shape[1:])}; set FITNET.INPUT_SIZE to the training input size"
+                f"{tuple(target_feat.shape[1:])}; FITNET.INPUT_SIZE must be the training input size "
+                "(leave it empty to use the dataset's)"
             )
         return logits_student, {
             "loss_ce": self.ce_weight * cross_entropy(logits_student, target),

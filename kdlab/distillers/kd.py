@@ -13,7 +13,6 @@ from kdlab.distillers.losses import kd_loss_any
 @DISTILLERS.register("KD")
 class KD(Distiller):
     supports_segmentation = True
-    supports_logit_stand = True
 
     def __init__(
         self, student, teacher, temperature: float, ce_weight: float, kd_weight: float, logit_stand: bool = False
@@ -25,7 +24,13 @@ class KD(Distiller):
         self.logit_stand = logit_stand
 
     @classmethod
-    def from_config(cls, cfg, student, teacher):
+    def apply_logit_stand(cls, cfg, base_temp, kd_weight):
+        """KD.TEMPERATURE = base_temp, KD.LOSS.KD_WEIGHT = kd_weight (also MLKD's, which reads the KD group)."""
+        cfg.KD.TEMPERATURE = float(base_temp)
+        cfg.KD.LOSS.KD_WEIGHT = float(kd_weight)
+
+    @classmethod
+    def from_config(cls, cfg, student, teacher, facts):
         return cls(
             student,
             teacher,

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kdlab.constants import IGNORE_INDEX
+
 
 def _f32(x: torch.Tensor) -> torch.Tensor:
     """Upcast half/bfloat16 to float32; keep float32/float64 as they are."""
@@ -236,7 +238,6 @@ def feature_mse_loss(
 
 
 # ---------------------------------------------------------------- dense (per-pixel) prediction
-IGNORE_INDEX = 255  # the "void" label of segmentation masks (PASCAL VOC): no loss, no KD, not scored
 
 
 def flatten_pixels(

@@ -12,7 +12,7 @@ class Vanilla(Distiller):
     needs_teacher = False
 
     @classmethod
-    def from_config(cls, cfg, student, teacher=None):
+    def from_config(cls, cfg, student, teacher=None, facts=None):
         return cls(student)
 
     def forward_train(self, image, target, **extras):

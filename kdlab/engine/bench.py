@@ -32,7 +32,7 @@ from yacs.config import CfgNode
 from kdlab.data import build_dataloaders
 from kdlab.data.batch_augment import benchmark_augment
 from kdlab.data.cifar import LAYOUTS, locate
-from kdlab.engine.builder import build_everything, select_device
+from kdlab.engine.builder import build_everything, build_splits, select_device
 from kdlab.engine.run import configure_backends, prepare_distiller
 from kdlab.engine.trainer import Trainer, _to_device
 from kdlab.errors import ConfigError, DatasetNotFoundError
@@ -353,7 +353,7 @@ def bench_data(cfg: CfgNode, batches: int = 50, aug_images: int = 4096, aug_per_
     device = select_device(cfg)
     bs = cfg.SOLVER.BATCH_SIZE
     with dataset_for_bench(cfg, n_train=(batches + 1) * bs, n_test=bs, prefer_real=True) as (data_cfg, source, _):
-        train_loader, _, _ = build_dataloaders(data_cfg)
+        train_loader, _, _ = build_dataloaders(data_cfg, splits=build_splits(data_cfg))
         splits = train_loader.splits
         train_loader.sampler.set_epoch(1)
         transform = splits.train_batch_transform

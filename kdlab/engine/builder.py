@@ -1,4 +1,8 @@
-"""From a frozen config to the objects a run needs: data, student, teacher, distiller, device."""
+"""From a frozen config to the objects a run needs: data, student, teacher, distiller, device.
+
+What a method needs (two views, a teacher, segmentation support, dataset facts) is asked of its
+Distiller class; nothing here names a method.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,10 @@ import torch
 import torch.nn as nn
 from yacs.config import CfgNode
 
-from kdlab.data import DatasetSplits, build_datasets
-from kdlab.distillers import build_distiller, get_distiller_class
+from kdlab.data import DatasetSplits, build_dataloaders, build_datasets
+from kdlab.distillers import DISTILLERS, build_distiller, dataset_facts, get_distiller_class
 from kdlab.errors import ConfigError, TeacherCheckpointNotFound
+from kdlab.evaluation import evaluate_model
 from kdlab.models import build_model, load_weights, resolve_model_name
 
 log = logging.getLogger("kdlab")
@@ -80,14 +85,17 @@ def build_teacher(cfg: CfgNode, splits: DatasetSplits, load_teacher_weights: boo
     return teacher
 
 
+def build_splits(cfg: CfgNode) -> DatasetSplits:
+    """The configured dataset, with (weak, strong) training views when the method's class asks for two views."""
+    return build_datasets(cfg, two_views=get_distiller_class(cfg.DISTILLER.TYPE).two_views)
+
+
 def build_everything(cfg: CfgNode, splits: DatasetSplits | None = None, load_teacher_weights: bool = True):
     """Return (splits, distiller); the teacher is frozen and loaded (random weights if not load_teacher_weights)."""
     cls = get_distiller_class(cfg.DISTILLER.TYPE)
     if splits is None:
-        splits = build_datasets(cfg, two_views=getattr(cls, "two_views", False) or None)
+        splits = build_splits(cfg)
     if splits.task == "segmentation" and not cls.supports_segmentation:
-        from kdlab.distillers import DISTILLERS
-
         able = [n for n in DISTILLERS.names() if DISTILLERS.get(n).supports_segmentation]
         raise ConfigError(
             f"DISTILLER.TYPE {cfg.DISTILLER.TYPE!r} is a classification method; for segmentation "
@@ -95,5 +103,18 @@ def build_everything(cfg: CfgNode, splits: DatasetSplits | None = None, load_tea
         )
     torch.manual_seed(cfg.EXPERIMENT.SEED)  # model initialization
     student = build_student(cfg, splits)
-    teacher = None if not getattr(cls, "needs_teacher", True) else build_teacher(cfg, splits, load_teacher_weights)
-    return splits, build_distiller(cfg, student, teacher)
+    teacher = build_teacher(cfg, splits, load_teacher_weights) if cls.needs_teacher else None
+    return splits, build_distiller(cfg, student, teacher, facts=dataset_facts(splits))
+
+
+def evaluate_checkpoint(cfg: CfgNode, ckpt: str) -> dict:
+    """DISTILLER.STUDENT loaded from ckpt, scored by kdlab.evaluation on the test split (for tools/eval.py)."""
+    splits = build_datasets(cfg, two_views=False)
+    device = select_device(cfg)
+    model = build_student(cfg, splits)
+    load_weights(model, ckpt, what="checkpoint")
+    _, val_loader, _ = build_dataloaders(cfg, two_views=False, splits=splits)
+    report = evaluate_model(model, val_loader, device, splits)
+    report["model"] = cfg.DISTILLER.STUDENT
+    report["dataset"] = cfg.DATASET.TYPE
+    return report

@@ -8,10 +8,13 @@ from collections.abc import Iterable
 import torch
 from yacs.config import CfgNode
 
+from kdlab.config import hooks
 from kdlab.registry import Registry
 
 OPTIMIZERS = Registry("optimizer")
 SCHEDULERS = Registry("scheduler")
+hooks.register_names("SOLVER.TYPE", OPTIMIZERS.names)
+hooks.register_names("SOLVER.SCHEDULER", SCHEDULERS.names)
 
 
 def _fused_ok(params: list[torch.nn.Parameter]) -> bool:

@@ -26,9 +26,9 @@ from kdlab.data.sampling import mix_seed
 from kdlab.engine import distributed as dist_utils
 from kdlab.engine.checkpoint import FORMAT, FORMAT_VERSION, atomic_save
 from kdlab.engine.loggers import RunLogger
-from kdlab.engine.metrics import correct_and_count, evaluate, evaluate_segmentation
 from kdlab.engine.optim import build_optimizer, build_scheduler, set_lr
 from kdlab.errors import CheckpointError, NonFiniteLossError
+from kdlab.evaluation.metrics import correct_and_count, evaluate, evaluate_segmentation
 
 log = logging.getLogger("kdlab")
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from kdlab.engine.metrics import evaluate
+from kdlab.evaluation.metrics import evaluate
 
 
 def classification_report(

@@ -1,8 +1,4 @@
-"""Segmentation report: mIoU, pixel accuracy and per-class IoU from a confusion matrix over the test split.
-
-`confusion_matrix` and `iou_from_confusion` live in kdlab.engine.metrics (the Trainer scores each
-epoch with them) and are re-exported here.
-"""
+"""Segmentation report: mIoU, pixel accuracy and per-class IoU from a confusion matrix over the test split."""
 
 from __future__ import annotations
 
@@ -12,10 +8,8 @@ from typing import Optional
 
 import torch
 
-from kdlab.engine.metrics import IGNORE_INDEX, confusion_matrix, evaluate_segmentation, iou_from_confusion
-
-__all__ = ["IGNORE_INDEX", "confusion_matrix", "format_segmentation_report", "iou_from_confusion",
-           "segmentation_report"]
+from kdlab.constants import IGNORE_INDEX
+from kdlab.evaluation.metrics import evaluate_segmentation
 
 
 def segmentation_report(

@@ -12,9 +12,12 @@ from typing import Any
 
 import torch.nn as nn
 
+from kdlab.config import hooks
 from kdlab.registry import Registry
 
 MODELS = Registry("model")
+# Model names of the reference code that configs may name but kdlab does not build yet.
+MODELS_NOT_YET_IMPLEMENTED = ("MobileNetV1",)
 
 # mdistiller's ImageNet model names (used by its imagenet YAML files) -> kdlab names.
 IMAGENET_ALIASES = {
@@ -25,6 +28,8 @@ IMAGENET_ALIASES = {
     "MobileNetV2": "mobilenet_v2",
 }
 IMAGENET_SCALE_DATASETS = ("imagenet", "imagenette")
+for _key in ("DISTILLER.STUDENT", "DISTILLER.TEACHER"):
+    hooks.register_names(_key, MODELS.names, MODELS_NOT_YET_IMPLEMENTED + tuple(IMAGENET_ALIASES))
 
 
 def resolve_model_name(name: str, dataset_type: str = "") -> str:

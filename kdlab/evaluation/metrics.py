@@ -1,5 +1,8 @@
 """Accuracy counting on device (no host sync per step) and evaluation over a loader: top-1/top-5 for
-classification, confusion matrix, mIoU and pixel accuracy for segmentation."""
+classification, confusion matrix, mIoU and pixel accuracy for segmentation.
+
+Pure metric code: the Trainer (kdlab.engine) scores each epoch with it, the reports here build on it.
+Under torchrun the sums are taken over all ranks."""
 
 from __future__ import annotations
 
@@ -8,11 +11,19 @@ from collections.abc import Callable, Iterator
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
-from kdlab.engine.distributed import all_reduce_sum
+from kdlab.constants import IGNORE_INDEX
 
-IGNORE_INDEX = 255  # the segmentation masks' void label: not scored
+
+def _sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over the ranks of the process group, if one is set up (torchrun); else leave it.
+
+    torch.distributed directly, not kdlab.engine.distributed: evaluation does not import the engine."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
 
 
 def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> torch.Tensor:
@@ -59,9 +70,9 @@ def evaluate(
         sums[3] += target.numel()
         if collect:
             confusion += confusion_matrix(logits.argmax(1), target, num_classes, ignore_index=None)
-    all_reduce_sum(sums)
+    _sum_over_ranks(sums)
     if collect:
-        all_reduce_sum(confusion)
+        _sum_over_ranks(confusion)
     n = max(sums[3].item(), 1.0)
     out = {
         "test_loss": sums[0].item() / n,
@@ -133,8 +144,8 @@ def evaluate_segmentation(
         sums[0] += F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum").double()
         sums[1] += target.shape[0]
         confusion += confusion_matrix(logits.argmax(1), target, num_classes)
-    all_reduce_sum(sums)
-    all_reduce_sum(confusion)
+    _sum_over_ranks(sums)
+    _sum_over_ranks(confusion)
     confusion = confusion.cpu()
     pixels = confusion.sum().item()
     miou, per_class = iou_from_confusion(confusion)
