@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 from yacs.config import CfgNode
 
 from kdlab.errors import ConfigError
@@ -9,7 +11,10 @@ from kdlab.registry import closest_names
 
 # Model names of the reference code that configs may name but kdlab does not build yet.
 MODELS_NOT_YET_IMPLEMENTED = ("MobileNetV1",)
-TRAINERS = ("base", "aug", "ours", "crd", "dot")
+# SOLVER.TRAINER: base (one view), aug/ours (two views, MLKD). mdistiller's crd and dot trainers
+# are not implemented yet and refused, so that no config value is silently ignored.
+TRAINERS = ("base", "aug", "ours")
+TRAINERS_NOT_YET_IMPLEMENTED = ("crd", "dot")
 
 
 def _check_name(key: str, value: str, valid: list[str], extra_ok: tuple = ()) -> None:
@@ -23,6 +28,32 @@ def _check_name(key: str, value: str, valid: list[str], extra_ok: tuple = ()) ->
 def _positive(key: str, value: float, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+def _check_trainer(trainer: str) -> None:
+    if trainer in TRAINERS_NOT_YET_IMPLEMENTED:
+        raise ConfigError(
+            f"SOLVER.TRAINER {trainer!r} (mdistiller's {trainer.upper()} trainer) is not implemented yet in kdlab; "
+            f"implemented: {', '.join(TRAINERS)}"
+        )
+    _check_name("SOLVER.TRAINER", trainer, list(TRAINERS))
+
+
+def _check_image_size(cfg: CfgNode, datasets) -> None:
+    """A dataset whose builder never resizes refuses any DATASET.IMAGE_SIZE but its own."""
+    size = cfg.DATASET.IMAGE_SIZE
+    native = getattr(datasets.get(cfg.DATASET.TYPE), "fixed_image_size", None) if cfg.DATASET.TYPE in datasets else None
+    if size < 0 or (native and size not in (0, native)):
+        uses = f"always trains at {native}x{native} (it does not resize)" if native else "needs a size >= 0"
+        raise ConfigError(
+            f"DATASET.IMAGE_SIZE {size}: DATASET.TYPE {cfg.DATASET.TYPE} {uses}; set DATASET.IMAGE_SIZE "
+            f"{'0 or ' + str(native) if native else '0 for the default'}"
+        )
+
+
+def _check_wandb(cfg: CfgNode) -> None:
+    if cfg.LOG.WANDB and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("LOG.WANDB True needs the wandb package: pip install wandb (or set LOG.WANDB False)")
 
 
 def validate_cfg(cfg: CfgNode) -> None:
@@ -43,7 +74,7 @@ def validate_cfg(cfg: CfgNode) -> None:
         _check_name("DISTILLER.TEACHER", cfg.DISTILLER.TEACHER, model_names, ok_models)
     _check_name("SOLVER.TYPE", cfg.SOLVER.TYPE, OPTIMIZERS.names())
     _check_name("SOLVER.SCHEDULER", cfg.SOLVER.SCHEDULER, SCHEDULERS.names())
-    _check_name("SOLVER.TRAINER", cfg.SOLVER.TRAINER, list(TRAINERS))
+    _check_trainer(cfg.SOLVER.TRAINER)
     _check_name("SOLVER.AMP_DTYPE", cfg.SOLVER.AMP_DTYPE, ["bfloat16", "float16"])
     _check_name("SOLVER.PLATEAU_METRIC", cfg.SOLVER.PLATEAU_METRIC, ["test_acc", "test_loss"])
     _check_name("CONKD.SUPCON_VARIANT", cfg.CONKD.SUPCON_VARIANT, ["khosla", "seed"])
@@ -70,6 +101,8 @@ def validate_cfg(cfg: CfgNode) -> None:
         raise ConfigError(f"SOLVER.LR_DECAY_STAGES must be increasing epochs, got {list(cfg.SOLVER.LR_DECAY_STAGES)}")
     if not (0.0 <= cfg.DISTILLER.MODEL_KWARGS.DROPOUT < 1.0):
         raise ConfigError(f"DISTILLER.MODEL_KWARGS.DROPOUT must be in [0, 1), got {cfg.DISTILLER.MODEL_KWARGS.DROPOUT}")
+    _check_image_size(cfg, DATASETS)
+    _check_wandb(cfg)
     if cfg.SOLVER.DEVICE not in ("auto", "cpu", "cuda") and not cfg.SOLVER.DEVICE.startswith("cuda:"):
         raise ConfigError(f"SOLVER.DEVICE must be auto, cpu, cuda or cuda:N, got {cfg.SOLVER.DEVICE!r}")
     if cfg.SOLVER.AMP and cfg.SOLVER.AMP_DTYPE == "float16" and cfg.SOLVER.DEVICE == "cpu":
