@@ -98,8 +98,9 @@ def worker_init(worker_id: int) -> None:
 
     Workers ignore SIGINT and SIGTERM: Ctrl-C (or a scheduler's SIGTERM) reaches the whole
     process group, and the main process alone decides to stop (after the current step, with a
-    resumable checkpoint). A worker that died of it would end the run with "DataLoader worker
-    exited unexpectedly" instead. Workers still end when the main process ends (torch's watchdog).
+    resumable checkpoint). Started by spawn/forkserver, a worker would die of it (the run then ends
+    with "DataLoader worker exited unexpectedly"); forked, it would run the trainer's inherited
+    handler. Workers still end when the main process ends (torch's watchdog).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
