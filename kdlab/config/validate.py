@@ -30,13 +30,23 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
         raise ConfigError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
 
-def _check_trainer(trainer: str) -> None:
+def _check_trainer(cfg: CfgNode) -> None:
+    from kdlab.data.build import TWO_VIEW_METHODS, TWO_VIEW_TRAINERS
+    from kdlab.distillers.build import NOT_YET_IMPLEMENTED as METHODS_NYI  # refused when built
+
+    trainer = cfg.SOLVER.TRAINER
     if trainer in TRAINERS_NOT_YET_IMPLEMENTED:
         raise ConfigError(
             f"SOLVER.TRAINER {trainer!r} (mdistiller's {trainer.upper()} trainer) is not implemented yet in kdlab; "
             f"implemented: {', '.join(TRAINERS)}"
         )
     _check_name("SOLVER.TRAINER", trainer, list(TRAINERS))
+    if trainer in TWO_VIEW_TRAINERS and cfg.DISTILLER.TYPE not in TWO_VIEW_METHODS + METHODS_NYI:
+        raise ConfigError(
+            f"SOLVER.TRAINER {trainer!r} feeds two views of each image, which only two-view methods "
+            f"({', '.join(TWO_VIEW_METHODS)}) take; DISTILLER.TYPE {cfg.DISTILLER.TYPE} takes one: "
+            "use SOLVER.TRAINER base"
+        )
 
 
 def _check_image_size(cfg: CfgNode, datasets) -> None:
@@ -74,7 +84,7 @@ def validate_cfg(cfg: CfgNode) -> None:
         _check_name("DISTILLER.TEACHER", cfg.DISTILLER.TEACHER, model_names, ok_models)
     _check_name("SOLVER.TYPE", cfg.SOLVER.TYPE, OPTIMIZERS.names())
     _check_name("SOLVER.SCHEDULER", cfg.SOLVER.SCHEDULER, SCHEDULERS.names())
-    _check_trainer(cfg.SOLVER.TRAINER)
+    _check_trainer(cfg)
     _check_name("SOLVER.AMP_DTYPE", cfg.SOLVER.AMP_DTYPE, ["bfloat16", "float16"])
     _check_name("SOLVER.PLATEAU_METRIC", cfg.SOLVER.PLATEAU_METRIC, ["test_acc", "test_loss"])
     _check_name("CONKD.SUPCON_VARIANT", cfg.CONKD.SUPCON_VARIANT, ["khosla", "seed"])
