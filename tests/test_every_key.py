@@ -255,6 +255,7 @@ def test_reference_only_groups_name_methods_and_trainers_kdlab_lacks():
 def test_every_key_changes_behaviour_or_is_reference_only_or_refused(tmp_path, monkeypatch, ckpts):
     rec = Recorder(monkeypatch)
     bases: dict = {}
+    contexts: dict = {}
     runs = 0
 
     def run(method, extra, key=None, value=None):
@@ -280,9 +281,10 @@ def test_every_key_changes_behaviour_or_is_reference_only_or_refused(tmp_path, m
             continue
         for method, extra in _context(key):
             where = (method, tuple(sorted(extra.items())))
-            current = load_cfg(METHOD_CONFIGS[method], [t for k, v in {**COMMON, **extra}.items()
-                                                         for t in (k, str(v))])
-            node = current
+            if where not in contexts:
+                contexts[where] = load_cfg(METHOD_CONFIGS[method], [t for k, v in {**COMMON, **extra}.items()
+                                                                    for t in (k, str(v))])
+            node = contexts[where]
             for part in key.split("."):
                 node = node[part]
             value, more = _value(key, node, ckpts)

@@ -118,6 +118,7 @@ class Trainer:
         use_scaler = cfg.SOLVER.AMP and cfg.SOLVER.AMP_DTYPE == "float16"
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
         self.is_main = dist_utils.is_main()
+        self._config_text = cfg.dump()  # saved in every checkpoint (resume compares with it)
         self.logger = RunLogger(cfg, run_dir, enabled=self.is_main)
         self.epoch = 0  # last completed epoch
         self.global_step = 0
@@ -155,7 +156,7 @@ class Trainer:
             "bad_epochs": self.bad_epochs,
             "history": self.history,
             "train_time": self.train_time,
-            "config": self.cfg.dump(),
+            "config": self._config_text,
         }
 
     def load_state_dict(self, state: dict) -> None:
