@@ -67,6 +67,12 @@ def test_unimplemented_trainer_is_refused(trainer):
         load_cfg(None, ["SOLVER.TRAINER", trainer])
 
 
+def test_two_view_trainer_with_a_one_view_method_is_refused():
+    with pytest.raises(ConfigError, match=r"SOLVER\.TRAINER 'aug' feeds two views.*DISTILLER\.TYPE KD takes one"):
+        load_cfg(None, ["SOLVER.TRAINER", "aug", "DISTILLER.TYPE", "KD"])
+    assert load_cfg(None, ["SOLVER.TRAINER", "ours", "DISTILLER.TYPE", "MLKD"]).SOLVER.TRAINER == "ours"
+
+
 @pytest.mark.parametrize("dataset, native", [("cifar10", 32), ("cifar100", 32), ("digits", 8)])
 def test_image_size_a_dataset_would_ignore_is_refused(dataset, native):
     for size in (0, native):
