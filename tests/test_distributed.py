@@ -19,9 +19,9 @@ COMMON = ["LOG.PROGRESS", "False", "SOLVER.DEVICE", "cpu", "DISTILLER.MODEL_KWAR
           "DISTILLER.STUDENT", "digits_student"]
 
 
-def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
+def torchrun(nproc: int, *args: str, script: str = "tools/train.py") -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           os.path.join(REPO, "tools/train.py"), *args]
+           os.path.join(REPO, script), *args]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300, env=env)
 
@@ -30,17 +30,33 @@ def _weights(run_dir) -> dict:
     return torch.load(os.path.join(run_dir, "student_latest"), weights_only=True)["model"]
 
 
-def test_two_processes_one_run_dir_replicas_identical(tmp_path):
-    res = torchrun(2, "--cfg", VANILLA, "LOG.PREFIX", str(tmp_path), "SOLVER.EPOCHS", "1", *COMMON)
+def _kd_opts(prefix, teacher: str) -> list[str]:
+    return ["--cfg", KD, "LOG.PREFIX", str(prefix), "DISTILLER.TEACHER_CKPT", teacher, "SOLVER.EPOCHS", "2",
+            "LOG.PROGRESS", "False", "SOLVER.DEVICE", "cpu", "DISTILLER.MODEL_KWARGS.NORM", "gn"]
+
+
+KD_RUN = os.path.join("digits", "kd,digits_teacher,digits_student")
+
+
+@pytest.fixture(scope="module")
+def kd_reference(tmp_path_factory, digits_teacher_ckpt):
+    """KD on 2 processes for 2 epochs of 23 steps (global batch 64), uninterrupted."""
+    prefix = tmp_path_factory.mktemp("kd_ref")
+    res = torchrun(2, *_kd_opts(prefix, digits_teacher_ckpt))
     assert res.returncode == 0, res.stderr[-3000:]
-    metrics = [p for p in tmp_path.rglob("metrics.json")]
+    return prefix, res
+
+
+def test_two_processes_one_run_dir_replicas_identical(kd_reference):
+    prefix, res = kd_reference
+    metrics = [p for p in prefix.rglob("metrics.json")]
     assert len(metrics) == 1
-    assert len([p for p in tmp_path.rglob("config.yaml")]) == 1
+    assert len([p for p in prefix.rglob("config.yaml")]) == 1
     assert "student weights identical on all 2 ranks: yes" in res.stderr
     saved = _weights(metrics[0].parent)
     assert not any(k.startswith("module.") for k in saved)
     history = json.loads(metrics[0].read_text())["history"]
-    assert len(history) == 1
+    assert [h["epoch"] for h in history] == [1, 2]
 
 
 def test_two_processes_match_one_process(tmp_path):
@@ -61,19 +77,29 @@ def test_two_processes_match_one_process(tmp_path):
     assert abs(ma["test_acc"] - mb["test_acc"]) <= 100.0 / 360 + 1e-9  # at most one test image flips
 
 
-def test_kd_under_torchrun_and_resume(tmp_path, digits_teacher_ckpt):
-    opts = ["--cfg", KD, "LOG.PREFIX", str(tmp_path), "DISTILLER.TEACHER_CKPT", digits_teacher_ckpt,
-            "LOG.PROGRESS", "False", "SOLVER.DEVICE", "cpu", "DISTILLER.MODEL_KWARGS.NORM", "gn"]
-    first = torchrun(2, *opts, "SOLVER.EPOCHS", "1")
-    assert first.returncode == 0, first.stderr[-3000:]
-    run_dir = tmp_path / "digits" / "kd,digits_teacher,digits_student"
-    epoch1 = json.loads((run_dir / "metrics.json").read_text())["history"][0]
-    resumed = torchrun(2, *opts, "SOLVER.EPOCHS", "2", "--resume")
+def test_stop_on_one_rank_mid_epoch_then_resume_matches_uninterrupted(tmp_path, kd_reference, digits_teacher_ckpt):
+    """Rank 1 alone asks to stop after global step 25 (epoch 2 step 2). The ranks agree on it at the next
+    multiple of STOP_CHECK_EVERY (20), global step 40 = epoch 2 step 17, and the checkpoint holds the
+    partial sums of both ranks; a resumed run ends with the uninterrupted run's weights and metrics."""
+    from kdlab.engine.trainer import STOP_CHECK_EVERY
+
+    assert STOP_CHECK_EVERY == 20  # the steps below follow from it
+    stopped = torchrun(2, "25", *_kd_opts(tmp_path, digits_teacher_ckpt), script="tests/train_stop_on_rank1.py")
+    assert stopped.returncode != 0 and "interrupted at epoch 2 step 17" in stopped.stderr, stopped.stderr[-3000:]
+    state = torch.load(tmp_path / KD_RUN / "latest", weights_only=True)
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 17, 40)
+    assert state["partial"]["sums"][2] == 17 * 64  # images of both ranks (32 per rank and step)
+    resumed = torchrun(2, *_kd_opts(tmp_path, digits_teacher_ckpt), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stderr
-    history = json.loads((run_dir / "metrics.json").read_text())["history"]
-    assert [h["epoch"] for h in history] == [1, 2] and history[0] == epoch1
-    assert "student weights identical on all 2 ranks: yes" in resumed.stderr
+    assert "resumed from" in resumed.stderr and "student weights identical on all 2 ranks: yes" in resumed.stderr
+    ref_dir = kd_reference[0] / KD_RUN
+    a, b = _weights(ref_dir), _weights(tmp_path / KD_RUN)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ref_hist = json.loads((ref_dir / "metrics.json").read_text())["history"]
+    hist = json.loads((tmp_path / KD_RUN / "metrics.json").read_text())["history"]
+    for h, r in zip(hist, ref_hist, strict=True):
+        assert h["train_acc"] == r["train_acc"] and h["test_acc"] == r["test_acc"]
+        assert h["train_loss"] == pytest.approx(r["train_loss"], rel=1e-12)  # sums added in another order
 
 
 @pytest.mark.parametrize("bad", [["SOLVER.BATCH_SIZE", "63"]])

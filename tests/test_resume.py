@@ -102,3 +102,31 @@ def test_new_run_never_overwrites_previous(tmp_path):
     assert os.path.isfile(os.path.join(moved, "student_latest"))
     for k, v in _student(moved).items():
         assert torch.equal(v, before[k])
+
+
+def test_resume_with_a_different_config_is_refused_before_anything_is_touched(tmp_path):
+    from kdlab.errors import ConfigError
+
+    run_dir = train(_cfg(str(tmp_path), epochs=1))["run_dir"]
+    before = {f: os.path.getmtime(os.path.join(run_dir, f)) for f in os.listdir(run_dir)}
+    bad = load_cfg(CFG, digits_opts(str(tmp_path), epochs=2, **{**EXTRA, "SOLVER.LR": 0.5}))
+    with pytest.raises(ConfigError, match=r"--resume: SOLVER\.LR is 0\.5 but the run was started with 0\.05"):
+        train(bad, resume=True)
+    assert {f: os.path.getmtime(os.path.join(run_dir, f)) for f in os.listdir(run_dir)} == before
+
+
+def test_resume_neutral_keys_and_auto_may_differ():
+    from kdlab.config import get_cfg
+    from kdlab.engine.run import check_resume_config
+
+    saved = get_cfg()
+    saved.SOLVER.AMP, saved.SOLVER.CHANNELS_LAST = True, False  # what a run resolved "auto" to
+    new = get_cfg()
+    new.SOLVER.AMP = new.SOLVER.CHANNELS_LAST = "auto"
+    new.LOG.TENSORBOARD_FREQ, new.DATASET.NUM_WORKERS, new.SOLVER.EPOCHS, new.SOLVER.DEVICE = 7, 0, 300, "cpu"
+    check_resume_config(new, saved.dump(), "latest")
+    new.SOLVER.AMP = False
+    from kdlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"SOLVER\.AMP is False but the run was started with True"):
+        check_resume_config(new, saved.dump(), "latest")

@@ -8,6 +8,11 @@ logit-standardization values explicitly.
 
 from yacs.config import CfgNode as CN
 
+# Reference-compatibility only: key groups that exist so that mdistiller's YAML files load, for
+# methods and trainers kdlab does not implement yet (naming one of those methods or trainers is
+# refused; these keys change nothing). A group leaves this list when its method is implemented.
+REFERENCE_ONLY = ("AT", "RKD", "KDSVD", "OFD", "NST", "PKT", "SP", "VID", "CRD", "REVIEWKD", "SOLVER.DOT")
+
 _C = CN()
 
 # ---------------------------------------------------------------- experiment
@@ -46,7 +51,7 @@ _C.DISTILLER.TEACHER_KWARGS = CN(new_allowed=True)  # extra keyword args for the
 
 # ---------------------------------------------------------------- solver
 _C.SOLVER = CN()
-_C.SOLVER.TRAINER = "base"  # base | aug (two views, MLKD) | crd | dot | ours (aliases)
+_C.SOLVER.TRAINER = "base"  # base | aug | ours (two views, MLKD); mdistiller's crd, dot: not implemented yet
 _C.SOLVER.BATCH_SIZE = 64  # global batch; under torchrun split evenly over ranks
 _C.SOLVER.EPOCHS = 240  # total training epochs
 _C.SOLVER.LR = 0.05  # base learning rate (for SOLVER.BATCH_SIZE)
@@ -75,7 +80,7 @@ _C.SOLVER.MAX_STEPS_PER_EPOCH = 0  # stop each epoch after this many steps (smok
 _C.SOLVER.SKIP_NONFINITE = False  # skip a batch whose loss is NaN/Inf instead of stopping
 _C.SOLVER.DIST_BACKEND = ""  # torchrun: "" = nccl on CUDA, gloo on CPU
 _C.SOLVER.SYNC_BN = False  # torchrun: convert student BatchNorm to SyncBatchNorm
-_C.SOLVER.DOT = CN()
+_C.SOLVER.DOT = CN()  # reference-compatibility only (REFERENCE_ONLY): the DOT trainer is not implemented yet
 _C.SOLVER.DOT.DELTA = 0.075  # DOT trainer (mdistiller): momentum delta
 
 # ---------------------------------------------------------------- logging
@@ -130,7 +135,8 @@ _C.FEATKD.STUDENT_LAYERS = [2, 3]  # indices into the student's feats["feats"] (
 _C.FEATKD.TEACHER_LAYERS = [2, 3]  # the teacher layer paired with each student layer (same length)
 _C.FEATKD.INPUT_SIZE = []  # (H, W) of the zero batch that probes feature shapes; empty = the dataset's size
 
-# ---- the rest of mdistiller's set (keys accepted so its YAML files load)
+# ---- the rest of mdistiller's set: reference-compatibility only (REFERENCE_ONLY above). These keys
+# are accepted so that its YAML files load; kdlab does not implement these methods yet.
 _C.AT = CN()
 _C.AT.P = 2  # attention map exponent
 _C.AT.LOSS = CN()

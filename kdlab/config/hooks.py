@@ -16,6 +16,7 @@ _names: dict[str, tuple[Callable[[], Iterable[str]], tuple[str, ...]]] = {}
 _method_lookup: Optional[Callable[[str], Optional[type]]] = None
 _method_names: Callable[[], Iterable[str]] = tuple
 _loader: Optional[Callable[[], None]] = None
+_validators: list[Callable[[Any], None]] = []
 
 
 def register_names(key: str, names: Callable[[], Iterable[str]], also_valid: Iterable[str] = ()) -> None:
@@ -27,6 +28,16 @@ def register_methods(lookup: Callable[[str], Optional[type]], names: Callable[[]
     """lookup(DISTILLER.TYPE) -> the method's Distiller class (None if not implemented); names(): the implemented."""
     global _method_lookup, _method_names
     _method_lookup, _method_names = lookup, names
+
+
+def register_validator(check: Callable[[Any], None]) -> None:
+    """check(cfg) raises ConfigError for values only the registering package can judge (run by validate_cfg)."""
+    _validators.append(check)
+
+
+def validators() -> list[Callable[[Any], None]]:
+    ensure_registered()
+    return list(_validators)
 
 
 def set_registry_loader(loader: Callable[[], None]) -> None:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 from yacs.config import CfgNode
 
 from kdlab.config import hooks
 from kdlab.errors import ConfigError
 from kdlab.registry import closest_names
 
-TRAINERS = ("base", "aug", "ours", "crd", "dot")
+# SOLVER.TRAINER: base (one view), aug/ours (two views, MLKD). mdistiller's crd and dot trainers
+# are not implemented yet and refused, so that no config value is silently ignored.
+TRAINERS = ("base", "aug", "ours")
+TRAINERS_NOT_YET_IMPLEMENTED = ("crd", "dot")
 TWO_VIEW_TRAINERS = ("aug", "ours")  # the reference code's trainers that feed two views per image
 # Keys whose valid names are registered by the packages that own them (kdlab.config.hooks), in checking order.
 REGISTERED_NAME_KEYS = (
@@ -34,6 +39,27 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
         raise ConfigError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
 
+def _check_trainer(cfg: CfgNode, method) -> None:
+    trainer = cfg.SOLVER.TRAINER
+    if trainer in TRAINERS_NOT_YET_IMPLEMENTED:
+        raise ConfigError(
+            f"SOLVER.TRAINER {trainer!r} (mdistiller's {trainer.upper()} trainer) is not implemented yet in kdlab; "
+            f"implemented: {', '.join(TRAINERS)}"
+        )
+    _check_name("SOLVER.TRAINER", trainer, list(TRAINERS))
+    if trainer in TWO_VIEW_TRAINERS and method is not None and not method.two_views:
+        raise ConfigError(
+            f"SOLVER.TRAINER {trainer!r} feeds two views per image, which DISTILLER.TYPE "
+            f"{cfg.DISTILLER.TYPE!r} does not take; use SOLVER.TRAINER base (two-view methods get two "
+            "views whatever the trainer)"
+        )
+
+
+def _check_wandb(cfg: CfgNode) -> None:
+    if cfg.LOG.WANDB and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("LOG.WANDB True needs the wandb package: pip install wandb (or set LOG.WANDB False)")
+
+
 def validate_cfg(cfg: CfgNode) -> None:
     """Raise ConfigError for an unknown model/method/dataset/optimizer/scheduler or an out-of-range value."""
     method = hooks.method_class(cfg.DISTILLER.TYPE)
@@ -44,16 +70,10 @@ def validate_cfg(cfg: CfgNode) -> None:
         if valid is not None:
             group, leaf = key.split(".")
             _check_name(key, cfg[group][leaf], *valid)
-    _check_name("SOLVER.TRAINER", cfg.SOLVER.TRAINER, list(TRAINERS))
+    _check_trainer(cfg, method)
     _check_name("SOLVER.AMP_DTYPE", cfg.SOLVER.AMP_DTYPE, ["bfloat16", "float16"])
     _check_name("SOLVER.PLATEAU_METRIC", cfg.SOLVER.PLATEAU_METRIC, ["test_acc", "test_loss"])
     _check_name("CONKD.SUPCON_VARIANT", cfg.CONKD.SUPCON_VARIANT, ["khosla", "seed"])
-    if cfg.SOLVER.TRAINER in TWO_VIEW_TRAINERS and method is not None and not method.two_views:
-        raise ConfigError(
-            f"SOLVER.TRAINER {cfg.SOLVER.TRAINER!r} feeds two views per image, which DISTILLER.TYPE "
-            f"{cfg.DISTILLER.TYPE!r} does not take; use SOLVER.TRAINER base (two-view methods get two "
-            "views whatever the trainer)"
-        )
 
     _positive("SOLVER.LR", cfg.SOLVER.LR)
     _positive("SOLVER.BATCH_SIZE", cfg.SOLVER.BATCH_SIZE)
@@ -77,6 +97,9 @@ def validate_cfg(cfg: CfgNode) -> None:
         raise ConfigError(f"SOLVER.LR_DECAY_STAGES must be increasing epochs, got {list(cfg.SOLVER.LR_DECAY_STAGES)}")
     if not (0.0 <= cfg.DISTILLER.MODEL_KWARGS.DROPOUT < 1.0):
         raise ConfigError(f"DISTILLER.MODEL_KWARGS.DROPOUT must be in [0, 1), got {cfg.DISTILLER.MODEL_KWARGS.DROPOUT}")
+    for check in hooks.validators():
+        check(cfg)
+    _check_wandb(cfg)
     if cfg.SOLVER.DEVICE not in ("auto", "cpu", "cuda") and not cfg.SOLVER.DEVICE.startswith("cuda:"):
         raise ConfigError(f"SOLVER.DEVICE must be auto, cpu, cuda or cuda:N, got {cfg.SOLVER.DEVICE!r}")
     if cfg.SOLVER.AMP and cfg.SOLVER.AMP_DTYPE == "float16" and cfg.SOLVER.DEVICE == "cpu":

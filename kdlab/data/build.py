@@ -17,13 +17,29 @@ from yacs.config import CfgNode
 
 from kdlab.config import hooks
 from kdlab.data.sampling import ResumableSampler, SeededDataset, worker_init
-from kdlab.errors import UnknownNameError
+from kdlab.errors import ConfigError, UnknownNameError
 from kdlab.registry import Registry
 
 DATASETS = Registry("dataset")
 # Dataset names of the reference code that configs may name but kdlab does not read yet.
 NOT_YET_IMPLEMENTED = ("tiny_imagenet",)
 hooks.register_names("DATASET.TYPE", DATASETS.names, NOT_YET_IMPLEMENTED)
+
+
+def check_image_size(cfg: CfgNode) -> None:
+    """A dataset whose builder never resizes (it sets `fixed_image_size`) refuses any DATASET.IMAGE_SIZE but its own."""
+    size = cfg.DATASET.IMAGE_SIZE
+    builder = DATASETS.get(cfg.DATASET.TYPE) if cfg.DATASET.TYPE in DATASETS else None
+    native = getattr(builder, "fixed_image_size", None)
+    if size < 0 or (native and size not in (0, native)):
+        uses = f"always trains at {native}x{native} (it does not resize)" if native else "needs a size >= 0"
+        raise ConfigError(
+            f"DATASET.IMAGE_SIZE {size}: DATASET.TYPE {cfg.DATASET.TYPE} {uses}; set DATASET.IMAGE_SIZE "
+            f"{'0 or ' + str(native) if native else '0 for the default'}"
+        )
+
+
+hooks.register_validator(check_image_size)
 
 
 @dataclass

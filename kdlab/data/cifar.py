@@ -233,3 +233,7 @@ def build_cifar10(cfg, two_views: bool = False) -> DatasetSplits:
 @DATASETS.register("cifar100")
 def build_cifar100(cfg, two_views: bool = False) -> DatasetSplits:
     return build_cifar(cfg, "cifar100", two_views)
+
+
+# Never resized: DATASET.IMAGE_SIZE must be 0 or 32 (checked at load time).
+build_cifar10.fixed_image_size = build_cifar100.fixed_image_size = 32

@@ -105,3 +105,6 @@ def build_digits(cfg, two_views: bool = False) -> DatasetSplits:
         input_size=(8, 8),
         info={"split": f"stratified 80/20, random_state={SPLIT_SEED}", "train": len(y_tr), "test": len(y_te)},
     )
+
+
+build_digits.fixed_image_size = 8  # never resized: DATASET.IMAGE_SIZE must be 0 or 8 (checked at load time)

@@ -8,6 +8,7 @@ random augmentation of sample i in epoch e runs under a torch RNG seeded with
 from __future__ import annotations
 
 import random
+import signal
 from typing import Iterator
 
 import numpy as np
@@ -93,7 +94,16 @@ class SeededDataset(Dataset):
 
 
 def worker_init(worker_id: int) -> None:
-    """Keep numpy/random in workers deterministic too (torch is seeded per sample)."""
+    """Keep numpy/random in workers deterministic too (torch is seeded per sample).
+
+    Workers ignore SIGINT and SIGTERM: Ctrl-C (or a scheduler's SIGTERM) reaches the whole
+    process group, and the main process alone decides to stop (after the current step, with a
+    resumable checkpoint). Started by spawn/forkserver, a worker would die of it (the run then ends
+    with "DataLoader worker exited unexpectedly"); forked, it would run the trainer's inherited
+    handler. Workers still end when the main process ends (torch's watchdog).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)

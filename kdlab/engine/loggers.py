@@ -1,4 +1,4 @@
-"""Run outputs: console/worklog logging, TensorBoard scalars, tqdm progress, metrics.json."""
+"""Run outputs: console/worklog logging, TensorBoard (and, with LOG.WANDB, W&B) scalars, tqdm progress, metrics.json."""
 
 from __future__ import annotations
 
@@ -38,6 +38,32 @@ class _NullBar:
     def close(self) -> None: ...
 
 
+def start_wandb(cfg: CfgNode, run_dir: str):
+    """A Weights & Biases run named like the run directory, holding the resolved config.
+
+    Its files go to $WANDB_DIR if set, else into the run directory; WANDB_MODE=offline works without network.
+    """
+    try:
+        import wandb
+    except ImportError:
+        from kdlab.errors import ConfigError
+
+        raise ConfigError("LOG.WANDB True needs the wandb package: pip install wandb "
+                          "(or set LOG.WANDB False)") from None
+    import yaml
+
+    from kdlab.config import run_name
+
+    run = wandb.init(project=cfg.EXPERIMENT.PROJECT, name=run_name(cfg), config=yaml.safe_load(cfg.dump()),
+                     dir=os.environ.get("WANDB_DIR") or run_dir, settings=wandb.Settings(console="off"))
+    # per-step scalars on the global step, per-epoch ones on the epoch, as in TensorBoard
+    run.define_metric("global_step")
+    run.define_metric("epoch")
+    run.define_metric("train/*", step_metric="global_step")
+    run.define_metric("epoch/*", step_metric="epoch")
+    return run
+
+
 class RunLogger:
     """Everything a run writes besides checkpoints; a no-op on ranks other than 0."""
 
@@ -45,9 +71,12 @@ class RunLogger:
         self.cfg, self.run_dir, self.enabled = cfg, run_dir, enabled
         self._tb = None
         self._file_handler = None
+        self._wandb = None
         if enabled:
             os.makedirs(run_dir, exist_ok=True)
             self._file_handler = add_file_handler(os.path.join(run_dir, "worklog.txt"))
+            if cfg.LOG.WANDB:
+                self._wandb = start_wandb(cfg, run_dir)
 
     @property
     def tb(self):
@@ -68,6 +97,9 @@ class RunLogger:
         if self.tb is not None:
             for k, v in values.items():
                 self.tb.add_scalar(k, v, step)
+        if self._wandb is not None and values:
+            axis = "epoch" if next(iter(values)).startswith("epoch/") else "global_step"
+            self._wandb.log({**values, axis: step})
 
     def epoch(self, record: dict[str, Any], best_acc: float) -> None:
         if not self.enabled:
@@ -89,8 +121,13 @@ class RunLogger:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
         os.replace(tmp, path)
+        if self._wandb is not None:  # best/last accuracy and the run's facts, as in metrics.json
+            self._wandb.summary.update({k: v for k, v in summary.items() if k != "history"})
 
     def close(self) -> None:
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
         if self._tb is not None:
             self._tb.close()
             self._tb = None

@@ -7,8 +7,10 @@ import os
 import signal
 from typing import Optional
 
+import yaml
 from yacs.config import CfgNode
 
+from kdlab.config import get_cfg
 from kdlab.config import run_dir as configured_run_dir
 from kdlab.data import build_dataloaders
 from kdlab.engine import distributed as dist_utils
@@ -19,6 +21,14 @@ from kdlab.engine.trainer import Trainer
 from kdlab.errors import ConfigError
 
 log = logging.getLogger("kdlab")
+
+# Keys that may differ between a run and its --resume (a prefix ending in "." covers a group):
+# where files live, how the run is executed and logged, and how long it goes on. None of them
+# changes what a training step computes (SOLVER.EPOCHS does move a cosine schedule's end).
+RESUME_NEUTRAL_KEYS = ("LOG.", "DATASET.ROOT", "DATASET.DOWNLOAD", "DATASET.NUM_WORKERS", "DATASET.TEST.BATCH_SIZE",
+                       "SOLVER.DEVICE", "SOLVER.DIST_BACKEND", "SOLVER.EPOCHS")
+# Keys whose "auto" is resolved at start-up; a run's saved config holds the resolved value.
+RESOLVED_AT_START = ("SOLVER.AMP", "SOLVER.CHANNELS_LAST")
 
 
 def _holds_run(path: str) -> bool:
@@ -75,6 +85,48 @@ def prepare_run_dir(path: str) -> None:
         ) from None
 
 
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _resume_neutral(key: str) -> bool:
+    return any(key == n or (n.endswith(".") and key.startswith(n)) for n in RESUME_NEUTRAL_KEYS)
+
+
+def check_resume_config(cfg: CfgNode, saved_yaml: str, source: str) -> None:
+    """Refuse --resume with a config other than the run's, naming the first differing key.
+
+    Keys in RESUME_NEUTRAL_KEYS may differ; "auto" for a RESOLVED_AT_START key matches the value
+    the run resolved; a key the run's config lacks (an older kdlab) counts as its default.
+    """
+    saved = _flat(yaml.safe_load(saved_yaml) or {})
+    defaults = _flat(yaml.safe_load(get_cfg().dump()))
+    for key, value in _flat(yaml.safe_load(cfg.dump())).items():
+        old = saved.get(key, defaults.get(key, value))
+        if _resume_neutral(key) or (key in RESOLVED_AT_START and value == "auto") or old == value:
+            continue
+        raise ConfigError(
+            f"--resume: {key} is {value!r} but the run was started with {old!r} ({source}); "
+            f"resume with the run's config, or start a new run without --resume"
+        )
+
+
+def _saved_config(run_dir: str, state: dict) -> tuple[str, str]:
+    if state.get("config"):
+        return state["config"], os.path.join(run_dir, "latest")
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(path):
+        raise ConfigError(f"--resume: {run_dir} holds no config of the run to compare with (config.yaml is missing)")
+    with open(path, encoding="utf-8") as f:
+        return f.read(), path
+
+
 def describe(cfg: CfgNode) -> str:
     """One line saying what this run does, including whether logit standardization is on."""
     method = cfg.DISTILLER.TYPE
@@ -93,6 +145,7 @@ def train(cfg: CfgNode, resume: bool = False, install_signal_handlers: bool = Fa
         if not os.path.isfile(latest):
             raise ConfigError(f"--resume: no checkpoint {latest}; run without --resume")
         resume_state = load_training_state(latest)  # refuse a bad file before any work starts
+        check_resume_config(cfg, *_saved_config(configured_run_dir(cfg), resume_state))
     check_writable(cfg.LOG.PREFIX)
     configure_backends(cfg)
     device = select_device(cfg, int(os.environ.get("LOCAL_RANK", "0")) if dist_utils.is_distributed() else None)

@@ -32,6 +32,10 @@ from kdlab.evaluation.metrics import correct_and_count, evaluate, evaluate_segme
 
 log = logging.getLogger("kdlab")
 
+# Under DDP the ranks agree on a Ctrl-C/SIGTERM stop only every this many steps (and at logging
+# intervals and epoch ends): the agreement is a collective plus a host sync, too dear for every step.
+STOP_CHECK_EVERY = 20
+
 
 def autocast_context(cfg: CfgNode, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
     """A factory of autocast contexts for SOLVER.AMP (bf16 on CPU/CUDA, fp16 on CUDA)."""
@@ -106,12 +110,15 @@ class Trainer:
         self.train_batch_transform = splits.train_batch_transform if splits is not None else None
         self.val_batch_transform = splits.val_batch_transform if splits is not None else None
         self.channels_last = cfg.SOLVER.CHANNELS_LAST
+        # the non-finite check costs a device sync on CUDA: there it runs every logging interval
+        self.check_finite_every_step = device.type == "cpu"
         self.optimizer = build_optimizer(distiller.learnable_parameters(), cfg)
         self.scheduler = build_scheduler(cfg)
         self.autocast = autocast_context(cfg, device)
         use_scaler = cfg.SOLVER.AMP and cfg.SOLVER.AMP_DTYPE == "float16"
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
         self.is_main = dist_utils.is_main()
+        self._config_text = cfg.dump()  # saved in every checkpoint (resume compares with it)
         self.logger = RunLogger(cfg, run_dir, enabled=self.is_main)
         self.epoch = 0  # last completed epoch
         self.global_step = 0
@@ -149,7 +156,7 @@ class Trainer:
             "bad_epochs": self.bad_epochs,
             "history": self.history,
             "train_time": self.train_time,
-            "config": self.cfg.dump(),
+            "config": self._config_text,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -177,6 +184,9 @@ class Trainer:
                     log.info("early stop: no better test_acc for %d epochs", self.bad_epochs)
                     break
                 self.train_epoch(self.epoch + 1)
+                if self.epoch < epochs and self._agree_to_stop(force=True):  # e.g. Ctrl-C during evaluation
+                    log.warning("interrupted after epoch %d; its checkpoint is saved (use --resume)", self.epoch)
+                    raise TrainingInterrupted(f"interrupted after epoch {self.epoch}")
             if dist_utils.is_distributed():
                 agree = dist_utils.replicas_agree(self.distiller.student, self.device)
                 log.info("student weights identical on all %d ranks: %s", dist_utils.world_size(),
@@ -204,7 +214,7 @@ class Trainer:
         set_lr(self.optimizer, lr)
         self.distiller.train()
         sums = torch.zeros(4, device=self.device, dtype=torch.float64)  # loss, top1, count, finite
-        if self._partial:
+        if self._partial and self.is_main:  # the saved sums are over all ranks: add them back once
             sums += torch.tensor(self._partial["sums"], dtype=torch.float64, device=self.device)
         step0, self._resume_step, self._partial = self._resume_step, 0, None
         t0 = time.perf_counter()
@@ -219,12 +229,12 @@ class Trainer:
             self.global_step += 1
             steps_done += 1
             log_now = self.global_step % max(1, self.cfg.LOG.TENSORBOARD_FREQ) == 0
-            if log_now or self.device.type == "cpu":  # on CPU the check costs no device sync
+            if log_now or self.check_finite_every_step:
                 self._check_finite()
             if log_now:
                 self.logger.scalars({f"train/{k}": v.item() for k, v in loss_terms.items()}, self.global_step)
             bar.update()
-            if self._agree_to_stop():
+            if self._agree_to_stop(force=log_now):
                 bar.close()
                 self._interrupted(epoch, step + 1, sums, time.perf_counter() - t0)
                 raise TrainingInterrupted(f"interrupted at epoch {epoch} step {step + 1}")
@@ -288,10 +298,16 @@ class Trainer:
             sums += torch.stack([loss.detach().double() * count, correct, count, finite.double()])
         return {k: v.detach() for k, v in losses.items()}
 
-    def _agree_to_stop(self) -> bool:
-        """Ctrl-C reaches every rank at a slightly different step: stop where any rank asked to."""
+    def _agree_to_stop(self, force: bool = False) -> bool:
+        """Ctrl-C reaches every rank at a slightly different step: stop where any rank asked to.
+
+        Under DDP the flag is all-reduced only at the same steps on every rank (every
+        STOP_CHECK_EVERY global steps, or when forced), so all ranks stop at the same step.
+        """
         if not dist_utils.is_distributed():
             return self.stop_requested
+        if not force and self.global_step % STOP_CHECK_EVERY:
+            return False
         flag = torch.tensor([float(self.stop_requested)], device=self.device)
         self.stop_requested = bool(dist_utils.all_reduce_sum(flag).item() > 0)
         return self.stop_requested
@@ -372,11 +388,22 @@ class Trainer:
             atomic_save(self._student_file(), path(f"student_{epoch}"))
 
     def _interrupted(self, epoch: int, done: int, sums: torch.Tensor, elapsed: float) -> None:
-        """Ctrl-C: save a resumable mid-epoch checkpoint after the last complete step."""
+        """Ctrl-C: save a resumable mid-epoch checkpoint after the last complete step.
+
+        A non-finite loss seen on any rank since the last check stops the run instead, so that
+        `latest` is never replaced by NaN weights. The partial sums saved are those of all ranks.
+        """
+        bad = self._bad_at is not None and not self.cfg.SOLVER.SKIP_NONFINITE
+        flag = (self._bad_at[:1] >= 0).double() if bad else torch.zeros(1, dtype=torch.float64, device=self.device)
+        packed = dist_utils.all_reduce_sum(torch.cat([sums, flag.to(sums.device)]))
+        self._check_finite()  # the rank that saw it raises with the step and the loss term
+        if packed[4].item() > 0:
+            raise NonFiniteLossError("non-finite loss on another rank; stopped before saving: "
+                                     "the last good checkpoint is kept")
         if not self.is_main:
             return
         self.train_time += elapsed
-        state = self.state_dict(step_in_epoch=done, partial={"sums": sums.cpu().tolist(), "steps": done})
+        state = self.state_dict(step_in_epoch=done, partial={"sums": packed[:4].cpu().tolist(), "steps": done})
         atomic_save(state, os.path.join(self.run_dir, "latest"))
         log.warning("interrupted at epoch %d step %d; resumable checkpoint saved (use --resume)", epoch, done)
 

@@ -8,6 +8,7 @@ ReLU where that exists) and "pooled_feat" (the vector fed to the classifier).
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch.nn as nn
@@ -44,6 +45,10 @@ def resolve_model_name(name: str, dataset_type: str = "") -> str:
 def build_model(name: str, num_classes: int, pretrained: str | None = None, **kwargs: Any) -> nn.Module:
     """Build a registered model; `pretrained` is a local file or a torchvision weights name."""
     builder = MODELS.get(name)
+    if pretrained and "pretrained" not in inspect.signature(builder).parameters:  # e.g. the digits networks
+        from kdlab.models.checkpoint import load_weights
+
+        return load_weights(builder(num_classes=num_classes, **kwargs), pretrained, what="pretrained weights")
     if pretrained:
         kwargs["pretrained"] = pretrained
     return builder(num_classes=num_classes, **kwargs)

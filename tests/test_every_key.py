@@ -1,0 +1,306 @@
+"""Every key of the defaults does something: given a value other than its context's, it (a) changes a short
+digits run, or an explicit small check, (b) is reference-compatibility only (REFERENCE_ONLY in defaults.py),
+or (c) is refused at load time. The keys are walked from the defaults, so a new key nobody wired up fails here.
+
+A run is in-process: 2 epochs of 2 steps (batch 16) of the key's method on digits (method groups under their
+method, KD's also under MLKD; the rest under KD), compared by a fingerprint with the same context's run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import REPO
+
+from kdlab.config import get_cfg, load_cfg
+from kdlab.config.defaults import REFERENCE_ONLY
+from kdlab.config.validate import TRAINERS_NOT_YET_IMPLEMENTED
+from kdlab.distillers.build import DISTILLERS
+from kdlab.engine import trainer as trainer_mod
+from kdlab.engine.loggers import RunLogger
+from kdlab.engine.run import train
+from kdlab.errors import ConfigError
+
+METHOD_CONFIGS = {m: os.path.join(REPO, f"configs/digits/{m.lower()}/digits_teacher_digits_student.yaml")
+                  for m in ("KD", "MLKD", "DKD", "FITNET", "CONKD", "FEATKD")}
+METHOD_GROUPS = {"KD": ("KD", "MLKD"), "DKD": ("DKD",), "FITNET": ("FITNET",), "CONKD": ("CONKD",),
+                 "FEATKD": ("FEATKD",)}
+# Short runs in which warm-up (epoch 1) and an LR decay (epoch 2) both happen.
+COMMON = {"SOLVER.EPOCHS": 2, "SOLVER.MAX_STEPS_PER_EPOCH": 2, "SOLVER.BATCH_SIZE": 16, "SOLVER.SCHEDULER": "multistep",
+          "SOLVER.WARMUP_EPOCHS": 1, "SOLVER.LR_DECAY_STAGES": [1], "DATASET.NUM_WORKERS": 0, "SOLVER.DEVICE": "cpu",
+          "LOG.PROGRESS": False, "LOG.SAVE_CHECKPOINT_FREQ": 0, "LOG.TENSORBOARD_FREQ": 500}
+# Keys that act only together with another setting: that setting joins their context.
+CONTEXT = {"SOLVER.MIN_LR": {"SOLVER.SCHEDULER": "cosine", "SOLVER.WARMUP_EPOCHS": 0},
+           "SOLVER.BETAS": {"SOLVER.TYPE": "Adam"}, "SOLVER.AMP_DTYPE": {"SOLVER.AMP": True}}
+REFUSED_AT_LOAD = {"DATASET.IMAGE_SIZE",  # digits images are 8x8 and never resized
+                   "SOLVER.AMP_DTYPE",  # float16 autocast needs CUDA
+                   "SOLVER.TRAINER"}  # aug/ours feed two views, which KD does not take (MLKD takes them anyway)
+REFERENCE_METHODS = [g for g in REFERENCE_ONLY if "." not in g]
+
+
+def _check_root(tmp_path, value):
+    from kdlab.data.build import build_datasets
+    from kdlab.errors import DatasetNotFoundError
+
+    cfg = load_cfg(None, ["DATASET.TYPE", "cifar10", "DATASET.ROOT", str(tmp_path / "elsewhere")])
+    with pytest.raises(DatasetNotFoundError, match=str(tmp_path / "elsewhere")):
+        build_datasets(cfg)
+
+
+def _check_device(tmp_path, value):
+    from kdlab.engine.builder import select_device
+
+    def outcome(device):
+        try:
+            return str(select_device(load_cfg(None, ["SOLVER.DEVICE", device])))
+        except ConfigError as exc:
+            return str(exc)
+    assert outcome("cuda") != outcome("cpu")  # the GPU, or an error naming SOLVER.DEVICE where there is none
+
+
+def _check_compile(tmp_path, value):
+    from kdlab.engine.run import prepare_distiller
+
+    def compiled(on):
+        net = torch.nn.Module()
+        net.student, net.teacher = torch.nn.Linear(2, 2), None
+        prepare_distiller(load_cfg(None, ["SOLVER.COMPILE", str(on)]), net, torch.device("cpu"))
+        return net.student._compiled_call_impl is not None
+    assert compiled(True) and not compiled(False)
+
+
+def _check_plateau(tmp_path, value):
+    from kdlab.engine.optim import build_scheduler
+
+    def lrs(*opts):
+        sched = build_scheduler(load_cfg(None, ["SOLVER.SCHEDULER", "plateau", *opts]))
+        out = []
+        for epoch in range(1, 12):  # accuracy falls while the loss improves: the metric matters
+            out.append(sched.lr(epoch))
+            sched.observe({"test_acc": 50.0 - epoch, "test_loss": 1.0 / epoch})
+        return out
+    base = lrs()
+    for opts in (["SOLVER.PLATEAU_METRIC", "test_loss"], ["SOLVER.PLATEAU_PATIENCE", "6"],
+                 ["SOLVER.PLATEAU_FACTOR", "0.5"]):
+        assert lrs(*opts) != base, opts
+
+
+def _check_early_stop(tmp_path, value):
+    stops = lambda p: trainer_mod.Trainer._early_stop(  # noqa: E731
+        SimpleNamespace(cfg=load_cfg(None, ["SOLVER.EARLY_STOP_PATIENCE", str(p)]), bad_epochs=1))
+    assert stops(1) and not stops(0)
+
+
+# (a) by an explicit check, or a reason why no digits run can show the key (keep this short and honest).
+NOT_SEEN_IN_A_DIGITS_RUN = {
+    "DATASET.TYPE": "picks the dataset; each builder has its own tests (test_data_*.py, test_voc.py)",
+    "DATASET.ROOT": _check_root,
+    "DATASET.DOWNLOAD": "fetches a missing dataset; tested with a faked downloader in test_data_cifar.py",
+    "DATASET.VARIANT": "imagenette only: picks the on-disk variant (test_data_imagenet.py)",
+    "DATASET.GPU_AUGMENT": "CIFAR only: augments whole batches on the device (test_data_cifar.py)",
+    "DISTILLER.TEACHER_PRETRAINED": "torchvision weights of ImageNet teachers (test_models_torchvision.py)",
+    "SOLVER.DEVICE": _check_device,
+    "SOLVER.COMPILE": _check_compile,
+    "SOLVER.SKIP_NONFINITE": "acts on a NaN/Inf loss only (test_faults.py::test_skip_nonfinite_skips_the_batch)",
+    "SOLVER.DIST_BACKEND": "torchrun only (test_distributed.py)",
+    "SOLVER.SYNC_BN": "torchrun on CUDA only; refused on CPU by run.wrap_distributed",
+    "SOLVER.PLATEAU_METRIC": _check_plateau,
+    "SOLVER.PLATEAU_PATIENCE": _check_plateau,
+    "SOLVER.PLATEAU_FACTOR": _check_plateau,
+    "SOLVER.EARLY_STOP_PATIENCE": _check_early_stop,
+    "LOG.WANDB": "logs to Weights & Biases (test_wandb.py runs it offline)",
+    "FITNET.INPUT_SIZE": "sizes the zero batch that probes feature shapes; it changes the connector only for "
+                         "pairs whose feature maps differ in size at the hint layer, which the digits pair does not",
+    "FEATKD.INPUT_SIZE": "as FITNET.INPUT_SIZE (FEATKD's connectors pool or upsample to the teacher's size)",
+}
+
+
+def leaf_keys(node, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in node.items():
+        out += leaf_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+    return out
+
+
+def _value(key: str, current, ckpts: dict):
+    """A value other than `current` that is valid on digits; extra opts it needs."""
+    special = {
+        "EXPERIMENT.NAME": "renamed", "EXPERIMENT.TAG": "retagged", "EXPERIMENT.PROJECT": "elsewhere",
+        "DATASET.IMAGE_SIZE": 16, "DISTILLER.TYPE": "DKD", "DISTILLER.STUDENT": "digits_teacher",
+        "DISTILLER.TEACHER": ("digits_student", {"DISTILLER.TEACHER_CKPT": ckpts["student"]}),
+        "DISTILLER.TEACHER_CKPT": ckpts["teacher2"], "DISTILLER.STUDENT_PRETRAINED": ckpts["student"],
+        "SOLVER.TRAINER": "aug", "SOLVER.TYPE": "Adam", "SOLVER.SCHEDULER": "cosine", "SOLVER.LR_DECAY_STAGES": [],
+        "SOLVER.BETAS": [0.5, 0.9], "SOLVER.AMP_DTYPE": "float16", "CONKD.SUPCON_VARIANT": "seed",
+        "FITNET.HINT_LAYER": 2, "FEATKD.STUDENT_LAYERS": [0, 2], "FEATKD.TEACHER_LAYERS": [1, 2],
+        "LOG.PREFIX": "{root}/elsewhere",
+        "LOG.TENSORBOARD_FREQ": 1,
+    }
+    if key in special:
+        value = special[key]
+        return value if isinstance(value, tuple) else (value, {})
+    if isinstance(current, bool):
+        return not current, {}
+    if isinstance(current, (int, float)):
+        return (current * 2 if current else 1) if isinstance(current, int) else (current * 0.5 if current else 0.01), {}
+    raise AssertionError(f"{key}: add a non-default value for it to _value() in this test")
+
+
+def _context(key: str) -> list[tuple[str, dict]]:
+    group = key.split(".")[0]
+    methods = METHOD_GROUPS.get(group, ("KD",))
+    return [(m, CONTEXT.get(key, {})) for m in methods]
+
+
+class Recorder:
+    """What one run did, collected through patched Trainer/RunLogger methods."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.reset()
+        step, fit, scalars = trainer_mod.Trainer.train_step, trainer_mod.Trainer.fit, RunLogger.scalars
+        progress = RunLogger.progress
+        rec = self
+
+        def train_step(self, *args):
+            out = step(self, *args)
+            rec.losses.append({k: v.item() for k, v in out.items()})
+            return out
+
+        def fit_(self):
+            opt = self.optimizer
+            rec.settings = {
+                "channels_last": self.channels_last, "every_step": self.check_finite_every_step,
+                "autocast": repr(getattr(self.autocast(), "fast_dtype", None)), "scaler": self.scaler.is_enabled(),
+                "optimizer": (type(opt).__name__, [{k: v for k, v in g.items() if k != "params"}
+                                                   for g in opt.param_groups]),
+                "loaders": (self.train_loader.batch_size, self.train_loader.num_workers, self.val_loader.batch_size),
+                "deterministic": torch.are_deterministic_algorithms_enabled(),
+            }
+            return fit(self)
+
+        def scalars_(self, values, step_):
+            rec.scalars.append((sorted(values), step_))
+            return scalars(self, values, step_)
+
+        def progress_(self, total, desc):
+            bar = progress(self, total, desc)
+            rec.bars.append(type(bar).__name__)
+            return bar
+
+        for cls, name, fn in ((trainer_mod.Trainer, "train_step", train_step), (trainer_mod.Trainer, "fit", fit_),
+                              (RunLogger, "scalars", scalars_), (RunLogger, "progress", progress_)):
+            monkeypatch.setattr(cls, name, fn)
+
+    def reset(self) -> None:
+        self.losses, self.scalars, self.bars, self.settings = [], [], [], {}
+
+
+def fingerprint(rec: Recorder, cfg, root: str) -> dict:
+    rec.reset()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        summary = train(cfg)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+    run_dir = summary["run_dir"]
+    files = sorted("events" if f.startswith("events.out") else os.path.relpath(os.path.join(d, f), root)
+                   for d, _, fs in os.walk(root) for f in fs)
+    metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
+    metrics.pop("train_time_s")
+    for h in metrics["history"]:
+        h.pop("time_s")
+    student = torch.load(os.path.join(run_dir, "student_latest"), weights_only=True)["model"]
+    return {"losses": rec.losses, "scalars": rec.scalars, "bars": rec.bars, "settings": rec.settings,
+            "files": files, "metrics": metrics, "student": {k: v.double().sum().item() for k, v in student.items()},
+            "student_exact": student}
+
+
+def differences(a: dict, b: dict) -> list[str]:
+    out = [k for k in a if k != "student_exact" and a[k] != b[k]]
+    sa, sb = a["student_exact"], b["student_exact"]
+    if sa.keys() != sb.keys() or any(not torch.equal(sa[k], sb[k]) for k in sa):
+        out.append("student weights")
+    return out
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory) -> dict:
+    """Untrained digits networks saved as kdlab student files (a fingerprint needs no trained teacher)."""
+    from kdlab.models import build_model
+
+    folder, out = tmp_path_factory.mktemp("ckpts"), {}
+    for name, arch, seed in (("teacher", "digits_teacher", 0), ("teacher2", "digits_teacher", 1),
+                             ("student", "digits_student", 2)):
+        torch.manual_seed(seed)
+        model = build_model(arch, 10, in_channels=1)
+        out[name] = str(folder / f"{name}.pth")
+        torch.save({"format": "kdlab-student", "model": model.state_dict(), "arch": arch, "num_classes": 10,
+                    "epoch": 0}, out[name])
+    return out
+
+
+def test_reference_only_groups_name_methods_and_trainers_kdlab_lacks():
+    cfg = get_cfg()
+    for group in REFERENCE_ONLY:
+        node = cfg
+        for part in group.split("."):
+            node = node[part]  # each entry is a group of the defaults
+    assert not set(REFERENCE_METHODS) & set(DISTILLERS.names())  # implemented: take it off REFERENCE_ONLY
+    assert "dot" in TRAINERS_NOT_YET_IMPLEMENTED
+
+
+def test_every_key_changes_behaviour_or_is_reference_only_or_refused(tmp_path, monkeypatch, ckpts):
+    rec = Recorder(monkeypatch)
+    bases: dict = {}
+    contexts: dict = {}
+    runs = 0
+
+    def run(method, extra, key=None, value=None):
+        nonlocal runs
+        runs += 1
+        root = str(tmp_path / f"run{runs}")
+        opts = {**COMMON, "DISTILLER.TEACHER_CKPT": ckpts["teacher"], "LOG.PREFIX": f"{root}/logs", **extra}
+        if key is not None:
+            opts[key] = value.format(root=root) if isinstance(value, str) else value
+        cfg = load_cfg(METHOD_CONFIGS[method], [t for k, v in opts.items() for t in (k, str(v))])
+        return fingerprint(rec, cfg, root)
+
+    outcome, unchanged = {}, []
+    for key in leaf_keys(get_cfg()):
+        if any(key == g or key.startswith(g + ".") for g in REFERENCE_ONLY):
+            outcome[key] = "reference-only"
+            continue
+        if key in NOT_SEEN_IN_A_DIGITS_RUN:
+            check = NOT_SEEN_IN_A_DIGITS_RUN[key]
+            if callable(check):
+                check(tmp_path, key)
+            outcome[key] = "explained"
+            continue
+        for method, extra in _context(key):
+            where = (method, tuple(sorted(extra.items())))
+            if where not in contexts:
+                contexts[where] = load_cfg(METHOD_CONFIGS[method], [t for k, v in {**COMMON, **extra}.items()
+                                                                    for t in (k, str(v))])
+            node = contexts[where]
+            for part in key.split("."):
+                node = node[part]
+            value, more = _value(key, node, ckpts)
+            assert value != node, f"{key}: the test's value {value!r} is the context's; pick another in _value()"
+            if key in REFUSED_AT_LOAD:
+                opts = {**COMMON, **extra, **more, key: value}
+                with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+                    load_cfg(METHOD_CONFIGS[method], [t for k, v in opts.items() for t in (k, str(v))])
+                outcome[key] = "refused"
+                continue
+            if where not in bases:
+                bases[where] = run(method, extra)
+            changed = differences(bases[where], run(method, {**extra, **more}, key, value))
+            if not changed:
+                unchanged.append(f"{key} = {value!r} (context {method} {extra})")
+            outcome[key] = "changes"
+    assert not unchanged, f"these changed nothing in a digits run: {unchanged}"
+    assert set(outcome) == set(leaf_keys(get_cfg()))
+    assert {k for k, v in outcome.items() if v == "refused"} == REFUSED_AT_LOAD
