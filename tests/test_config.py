@@ -1,4 +1,7 @@
-"""Config: defaults, YAML compatibility with the reference configs, validation errors, --logit-stand."""
+"""Config: defaults, YAML compatibility with the reference configs, validation errors, --logit-stand.
+
+The reference (peer) configs are rebuilt from tests/reference/peer_configs.json (conftest.peer_config_dir).
+"""
 
 from __future__ import annotations
 
@@ -39,16 +42,16 @@ def test_get_cfg_returns_fresh_copies_with_mdistiller_defaults():
     assert b.LOG.PREFIX == "./logs" and b.DISTILLER.TYPE == "NONE"
 
 
-def test_all_peer_configs_load(shared_reference):
-    files = sorted(glob.glob(os.path.join(shared_reference, "peer_configs", "**", "*.yaml"), recursive=True))
+def test_all_peer_configs_load(peer_config_dir):
+    files = sorted(glob.glob(os.path.join(peer_config_dir, "**", "*.yaml"), recursive=True))
     assert len(files) >= 100
     for path in files:
         cfg = load_cfg(path)
         assert cfg.is_frozen()
 
 
-def test_peer_config_values_are_merged(shared_reference):
-    path = os.path.join(shared_reference, "peer_configs/mdistiller/cifar100/dkd/res32x4_res8x4.yaml")
+def test_peer_config_values_are_merged(peer_config_dir):
+    path = os.path.join(peer_config_dir, "mdistiller/cifar100/dkd/res32x4_res8x4.yaml")
     cfg = load_cfg(path)
     assert (cfg.DISTILLER.TYPE, cfg.DISTILLER.TEACHER, cfg.DISTILLER.STUDENT) == ("DKD", "resnet32x4", "resnet8x4")
     assert cfg.DKD.BETA == 8.0 and cfg.SOLVER.LR_DECAY_STAGES == [150, 180, 210]
