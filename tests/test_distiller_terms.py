@@ -7,7 +7,8 @@ These tests check, for every method in the registry that uses a teacher:
 - over a short run those terms fall, and fall further than when the same student is trained on
   cross-entropy alone; its connectors/heads are trained;
 - with logit standardization its KD term ignores the scale of the student's logits (so the
-  student is free to keep its own scale), and without it the term does not.
+  student is free to keep its own scale), and without it the term does not;
+- --logit-stand is accepted exactly for the methods whose class declares supports_logit_stand.
 Unit checks of single methods (DKD's warm-up, MLKD's two views, shapes) are in test_distillers.py.
 """
 
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader
 from kdlab.config import load_cfg
 from kdlab.data import build_datasets
 from kdlab.distillers import DISTILLERS, build_distiller
+from kdlab.errors import ConfigError
 from kdlab.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,3 +166,13 @@ def test_logit_stand_makes_the_kd_term_ignore_the_student_logit_scale(method):
         assert plain_scaled == pytest.approx(plain, rel=1e-4)
     else:
         assert abs(plain_scaled - plain) > 0.05 * plain, (plain, plain_scaled)
+
+
+@pytest.mark.parametrize("method", DISTILLERS.names())
+def test_logit_stand_is_accepted_exactly_where_the_class_declares_it(method):
+    opts = ["DISTILLER.TYPE", method]
+    if DISTILLERS.get(method).supports_logit_stand:
+        assert load_cfg(None, opts, logit_stand=True).EXPERIMENT.LOGIT_STAND is True
+    else:
+        with pytest.raises(ConfigError, match=f"--logit-stand is not supported for DISTILLER.TYPE '{method}'"):
+            load_cfg(None, opts, logit_stand=True)
