@@ -15,7 +15,7 @@ from conftest import REPO
 from test_cli import call_tool, run_tool
 
 KD_CFG = os.path.join(REPO, "configs/digits/kd/digits_teacher_digits_student.yaml")
-EPOCHS = 4
+EPOCHS = 6  # seeds 0-2 with an 8-epoch teacher: 95.8-97.2 % (8 epochs before; 4 gave 93.6-96.1 %)
 
 
 def test_kd_logit_stand_student_trains_and_evaluates(tmp_path, digits_teacher_ckpt):
