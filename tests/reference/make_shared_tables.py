@@ -75,6 +75,8 @@ def flatten(data: dict, prefix: str = "") -> dict:
     for key, value in data.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
+            if not value:  # would vanish from the flat table
+                raise ValueError(f"{name} is an empty mapping; the flat table cannot hold it")
             out.update(flatten(value, name + "."))
         else:
             out[name] = value
