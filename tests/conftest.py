@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
 import pytest
 import torch
+import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -16,8 +18,25 @@ sys.path.insert(0, os.path.join(REPO, "tests"))
 torch.set_num_threads(1)
 
 
-def shared_dir() -> str:
-    return os.environ.get("KDLAB_SHARED", os.path.join(REPO, "..", "shared"))
+REFERENCE = os.path.join(REPO, "tests", "reference")
+
+
+def reference_table(name: str) -> dict:
+    """A table from tests/reference/ (made by the make_*.py scripts there; always present)."""
+    with open(os.path.join(REFERENCE, name), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def unflatten(flat: dict) -> dict:
+    """{"A.B": 1} -> {"A": {"B": 1}}."""
+    out: dict = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -26,11 +45,14 @@ def repo_root() -> str:
 
 
 @pytest.fixture(scope="session")
-def shared_reference() -> str:
-    path = os.path.join(shared_dir(), "reference")
-    if not os.path.isdir(path):
-        pytest.skip(f"shared reference folder not found at {path} (set KDLAB_SHARED)")
-    return path
+def peer_config_dir(tmp_path_factory) -> str:
+    """The peer YAML configs, rebuilt from tests/reference/peer_configs.json under their relative paths."""
+    root = tmp_path_factory.mktemp("peer_configs")
+    for rel, flat in reference_table("peer_configs.json")["files"].items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(unflatten(flat), sort_keys=False))
+    return str(root)
 
 
 def digits_opts(prefix: str, epochs: int = 3, **extra: str) -> list[str]:

@@ -1,4 +1,7 @@
-"""Config: defaults, YAML compatibility with the reference configs, validation errors, --logit-stand."""
+"""Config: defaults, YAML compatibility with the reference configs, validation errors, --logit-stand.
+
+The reference (peer) configs are rebuilt from tests/reference/peer_configs.json (conftest.peer_config_dir).
+"""
 
 from __future__ import annotations
 
@@ -39,14 +42,14 @@ def test_get_cfg_returns_fresh_copies_with_mdistiller_defaults():
     assert b.LOG.PREFIX == "./logs" and b.DISTILLER.TYPE == "NONE"
 
 
-def test_all_peer_configs_load_or_are_refused_as_not_implemented(shared_reference):
+def test_all_peer_configs_load_or_are_refused_as_not_implemented(peer_config_dir):
     """Each reference config loads, or (SOLVER.TRAINER crd/dot: mdistiller trainers kdlab lacks) is refused
     at load time saying so; nothing it sets is silently ignored."""
     import yaml
 
     from kdlab.config.validate import TRAINERS_NOT_YET_IMPLEMENTED
 
-    files = sorted(glob.glob(os.path.join(shared_reference, "peer_configs", "**", "*.yaml"), recursive=True))
+    files = sorted(glob.glob(os.path.join(peer_config_dir, "**", "*.yaml"), recursive=True))
     assert len(files) >= 100
     refused, expected = [], []
     for path in files:
@@ -91,8 +94,8 @@ def test_wandb_without_the_package_is_refused(monkeypatch):
         load_cfg(None, ["LOG.WANDB", "True"])
 
 
-def test_peer_config_values_are_merged(shared_reference):
-    path = os.path.join(shared_reference, "peer_configs/mdistiller/cifar100/dkd/res32x4_res8x4.yaml")
+def test_peer_config_values_are_merged(peer_config_dir):
+    path = os.path.join(peer_config_dir, "mdistiller/cifar100/dkd/res32x4_res8x4.yaml")
     cfg = load_cfg(path)
     assert (cfg.DISTILLER.TYPE, cfg.DISTILLER.TEACHER, cfg.DISTILLER.STUDENT) == ("DKD", "resnet32x4", "resnet8x4")
     assert cfg.DKD.BETA == 8.0 and cfg.SOLVER.LR_DECAY_STAGES == [150, 180, 210]

@@ -1,5 +1,9 @@
 """Each on-disk dataset end to end: a tiny copy in the real layout, one epoch from a shipped vanilla config,
-then the checkpoint evaluated the way tools/eval.py does (kdlab.engine.builder.evaluate_checkpoint)."""
+then the checkpoint evaluated the way tools/eval.py does (kdlab.engine.builder.evaluate_checkpoint).
+
+A pipeline test: it checks that reading, training, checkpointing and evaluation agree with each other
+(same accuracy and loss from the run and from the saved weights), not that the model learns (random
+images)."""
 
 from __future__ import annotations
 

@@ -14,12 +14,12 @@ CPUs and thread counts) moves the weights by ~1e-5; in float64 the two implement
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import unflatten
 
 from kdlab.config import get_cfg, load_cfg
 from kdlab.config.load import merge_dict
@@ -38,33 +38,17 @@ DELTA_REL = 1e-8  # ||w_after - w_before||: a difference of two close numbers, s
 MODEL_OPTS = {"DISTILLER": {"TEACHER": REFS["teacher"], "STUDENT": REFS["student"]}, "SOLVER": {"DEVICE": "cpu"}}
 
 
-def _peer_configs() -> Path:
-    shared = os.environ.get("KDLAB_SHARED")
-    return (Path(shared) if shared else REPO.parent / "shared") / "reference" / "peer_configs"
-
-
 def _lookup(cfg, key: str):
     for part in key.split("."):
         cfg = cfg[part]
     return list(cfg) if isinstance(cfg, (list, tuple)) else cfg
 
 
-def _nested(flat: dict) -> dict:
-    out: dict = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split(".")
-        node = out
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return out
-
-
 def stored_cfg(case: str):
     """kdlab's config holding the values the reference resolved (no peer file needed)."""
     ref = REFS["cases"][case]
     cfg = get_cfg()
-    merge_dict(cfg, _nested(ref["config"]))
+    merge_dict(cfg, unflatten(ref["config"]))
     merge_dict(cfg, MODEL_OPTS)
     cfg.EXPERIMENT.LOGIT_STAND = ref["logit_stand"]
     cfg.freeze()
@@ -72,12 +56,11 @@ def stored_cfg(case: str):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_peer_yaml_resolves_like_the_reference(case):
+def test_peer_yaml_resolves_like_the_reference(case, peer_config_dir):
     """kdlab.load_cfg reads the same peer YAML (and --logit-stand) into the values the reference used."""
     ref = REFS["cases"][case]
-    peer = _peer_configs() / ref["peer_config"]
-    if not peer.is_file():
-        pytest.skip(f"peer config not found at {peer} (set KDLAB_SHARED)")
+    peer = Path(peer_config_dir) / ref["peer_config"]
+    assert peer.is_file(), f"{ref['peer_config']} is not in tests/reference/peer_configs.json"
     opts = ["DISTILLER.TEACHER", REFS["teacher"], "DISTILLER.STUDENT", REFS["student"]]
     cfg = load_cfg(str(peer), opts, logit_stand=ref["logit_stand"])
     assert cfg.EXPERIMENT.LOGIT_STAND == ref["logit_stand"]

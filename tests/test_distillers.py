@@ -2,8 +2,9 @@
 
 Unit checks on the digits models (loss keys, finiteness, where gradients go, the frozen teacher,
 DKD's warm-up, extra parameters, shape errors), --logit-stand resolution through load_cfg, the
-digits two-view augmentation, and one short digits training run per method against a teacher
-trained once in this module.
+digits two-view augmentation, and one short digits run per method (a smoke test) against the
+session's teacher. Methods come from the registry; what each adds to training is in
+test_distiller_terms.py.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from conftest import digits_opts
 
 from kdlab.config import load_cfg
-from kdlab.distillers import build_distiller
+from kdlab.distillers import DISTILLERS, build_distiller
 from kdlab.distillers.connectors import ConvReg
 from kdlab.distillers.losses import dkd_loss
 from kdlab.errors import ConfigError
@@ -47,6 +48,13 @@ EXTRA_PARAMS = {
     # head on the 32-d pooled feature: Linear(32, 32) + Linear(32, PROJ_DIM 32), with biases
     "CONKD": (32 * 32 + 32) + (32 * 32 + 32),
 }
+
+
+TEACHER_METHODS = [n for n in DISTILLERS.names() if getattr(DISTILLERS.get(n), "needs_teacher", True)]
+
+
+def test_tables_cover_the_registry():
+    assert set(LOSS_KEYS) == set(EXTRA_PARAMS) == set(TEACHER_METHODS)
 
 
 def digits_cfg(method: str, opts=(), **kwargs):
@@ -79,7 +87,7 @@ def extra_params(distiller) -> list[nn.Parameter]:
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", sorted(LOSS_KEYS))
+@pytest.mark.parametrize("method", TEACHER_METHODS)
 def test_forward_train_losses_and_gradients(method):
     distiller = digits_distiller(method)
     distiller.train()
@@ -107,7 +115,7 @@ def test_forward_train_losses_and_gradients(method):
         assert torch.equal(value, teacher_state[key]), key
 
 
-@pytest.mark.parametrize("method", sorted(EXTRA_PARAMS))
+@pytest.mark.parametrize("method", TEACHER_METHODS)
 def test_extra_parameters_counted_and_trained(method):
     distiller = digits_distiller(method)
     assert distiller.extra_parameter_count() == EXTRA_PARAMS[method]
@@ -345,20 +353,26 @@ def test_shipped_fitnet_configs_build():
 # short digits runs
 # ---------------------------------------------------------------------------------------------
 
-# (epochs, floor on the last test accuracy in %). With the session teacher (conftest, 8 epochs) and
-# EXPERIMENT.SEED 0 (the runs below): DKD 96.9, MLKD 95.6, FITNET 82.2, FEATKD 96.4, CONKD 98.1.
-# With a 5-epoch teacher and seeds 0-3: DKD 96.1-97.2, MLKD 96.9-97.5, FITNET 81.7-89.7,
-# FEATKD 95.3-98.6, CONKD 96.7-98.3. The floors leave a margin below the worst of these.
-RUNS = {"DKD": (6, 90.0), "MLKD": (6, 90.0), "FITNET": (6, 75.0), "FEATKD": (6, 90.0), "CONKD": (6, 90.0)}
+# Smoke test: one short run per method through kdlab.engine.run.train (data, teacher checkpoint,
+# trainer, metrics.json). Its accuracy floor only catches a broken pipeline: a vanilla digits student
+# reaches 98 %, so it shows nothing about the method (test_distiller_terms.py does).
+# With the session teacher (conftest, 8 epochs), EXPERIMENT.SEED 0 and 6 epochs: DKD 96.9, MLKD 95.6,
+# FITNET 82.2, FEATKD 96.4, CONKD 98.1; with a 5-epoch teacher and seeds 0-3: DKD 96.1-97.2, MLKD
+# 96.9-97.5, FITNET 81.7-89.7, FEATKD 95.3-98.6, CONKD 96.7-98.3.
+SMOKE_EPOCHS, SMOKE_FLOOR = 6, 90.0
+SMOKE_FLOOR_OF = {"FITNET": 75.0}  # a hint loss only: slower to converge on this budget
 
 
-@pytest.mark.parametrize("method", sorted(RUNS))
-def test_short_digits_run(method, digits_teacher_ckpt, tmp_path):
+@pytest.mark.parametrize("method", TEACHER_METHODS)
+def test_digits_run_smoke(method, digits_teacher_ckpt, tmp_path):
+    import json
+
     from kdlab.engine.run import train
 
-    epochs, floor = RUNS[method]
-    cfg = digits_cfg(method, digits_opts(str(tmp_path), epochs, **{"DISTILLER.TEACHER_CKPT": digits_teacher_ckpt}))
-    summary = train(cfg)
-    assert summary["method"] == method
+    opts = digits_opts(str(tmp_path), SMOKE_EPOCHS, **{"DISTILLER.TEACHER_CKPT": digits_teacher_ckpt})
+    summary = train(digits_cfg(method, opts))
+    metrics = json.loads((Path(summary["run_dir"]) / "metrics.json").read_text())
+    assert metrics["method"] == summary["method"] == method and metrics["last_epoch"] == SMOKE_EPOCHS
     assert summary["extra_params"] == EXTRA_PARAMS[method]
-    assert summary["last_acc"] >= floor, f"{method}: {summary['last_acc']:.1f} % after {epochs} epochs"
+    floor = SMOKE_FLOOR_OF.get(method, SMOKE_FLOOR)
+    assert summary["last_acc"] >= floor, f"{method}: {summary['last_acc']:.1f} % after {SMOKE_EPOCHS} epochs"

@@ -1,20 +1,25 @@
-"""End to end on digits through the command-line tools: teacher -> KD + LS student -> eval --json."""
+"""End to end on digits through the command-line tools: teacher -> KD + LS student -> eval --json.
+
+A pipeline (smoke) test: it checks that the tools, files and reports agree with each other, not that
+KD or LS help (a vanilla digits student reaches 98 %): that is in test_distiller_terms.py. Training
+runs in a real process (tools/train.py), evaluation in this one (test_cli.call_tool).
+"""
 
 from __future__ import annotations
 
 import json
 import os
 
-import pytest
 import torch
 from conftest import REPO
-from test_cli import run_tool
+from test_cli import call_tool, run_tool
 
 KD_CFG = os.path.join(REPO, "configs/digits/kd/digits_teacher_digits_student.yaml")
+EPOCHS = 6  # seeds 0-2 with an 8-epoch teacher: 95.8-97.2 % (8 epochs before; 4 gave 93.6-96.1 %)
 
 
 def test_kd_logit_stand_student_trains_and_evaluates(tmp_path, digits_teacher_ckpt):
-    common = ["LOG.PREFIX", str(tmp_path), "SOLVER.EPOCHS", "8", "LOG.PROGRESS", "False"]
+    common = ["LOG.PREFIX", str(tmp_path), "SOLVER.EPOCHS", str(EPOCHS), "LOG.PROGRESS", "False"]
     res = run_tool("train.py", "--cfg", KD_CFG, "--logit-stand", "DISTILLER.TEACHER_CKPT", digits_teacher_ckpt,
                    "EXPERIMENT.NAME", "kd_ls", *common)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -22,7 +27,7 @@ def test_kd_logit_stand_student_trains_and_evaluates(tmp_path, digits_teacher_ck
     assert "logit standardization ON" in (run_dir / "config.yaml").read_text().splitlines()[0]
     assert "logit standardization ON" in (run_dir / "worklog.txt").read_text()
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["logit_stand"] is True and len(metrics["history"]) == 8
+    assert metrics["logit_stand"] is True and len(metrics["history"]) == EPOCHS
     assert metrics["input_size"] == [8, 8] and metrics["in_channels"] == 1
     from kdlab.evaluation.model_info import model_info
     from kdlab.models import build_model
@@ -35,10 +40,10 @@ def test_kd_logit_stand_student_trains_and_evaluates(tmp_path, digits_teacher_ck
         assert (run_dir / name).is_file()
     assert (run_dir / "tensorboard").is_dir() and any((run_dir / "tensorboard").iterdir())
 
-    res = run_tool("eval.py", "--cfg", KD_CFG, "--ckpt", str(run_dir / "student_latest"), "--json")
+    res = call_tool("eval.py", "--cfg", KD_CFG, "--ckpt", str(run_dir / "student_latest"), "--json")
     assert res.returncode == 0, res.stderr[-2000:]
     report = json.loads(res.stdout)
-    assert report["top1"] >= 90.0, report["top1"]  # chance is 10 %
+    assert report["top1"] >= 90.0, report["top1"]  # smoke: chance is 10 %, vanilla reaches 98 %
     assert report["top1"] == metrics["last_acc"]
     assert report["top5"] >= report["top1"]
     cm = torch.tensor(report["confusion_matrix"])
@@ -60,15 +65,3 @@ def test_teacher_checkpoint_is_loaded_frozen(digits_teacher_ckpt, tmp_path):
     assert not distiller.teacher.training
     assert all(not p.requires_grad for p in distiller.teacher.parameters())
     assert {id(p) for p in distiller.learnable_parameters()} == {id(p) for p in distiller.student.parameters()}
-
-
-@pytest.mark.parametrize("method", ["kd", "dkd", "mlkd", "fitnet", "featkd", "conkd"])
-def test_each_method_trains_one_epoch_from_the_cli(method, tmp_path, digits_teacher_ckpt):
-    cfg = os.path.join(REPO, f"configs/digits/{method}/digits_teacher_digits_student.yaml")
-    res = run_tool("train.py", "--cfg", cfg, "DISTILLER.TEACHER_CKPT", digits_teacher_ckpt,
-                   "LOG.PREFIX", str(tmp_path), "SOLVER.EPOCHS", "1", "LOG.PROGRESS", "False")
-    assert res.returncode == 0, res.stderr[-2000:]
-    (metrics_file,) = list(tmp_path.rglob("metrics.json"))
-    metrics = json.loads(metrics_file.read_text())
-    assert metrics["method"] == method.upper() and metrics["last_epoch"] == 1
-    assert metrics["last_acc"] > 10.0  # above chance after one epoch (accuracy floors: test_distillers.py)

@@ -1,21 +1,21 @@
 """kdlab.distillers.losses against the reference implementations' numbers, plus dtype/gradient behaviour.
 
-Two sources of expected values:
-- shared/reference/golden_losses.json (the project's golden file; found through $KDLAB_SHARED, a
-  folder holding reference/, else <repo>/../shared; those tests skip when it is absent);
-- tests/reference/loss_refs.json, made by tests/reference/make_loss_refs.py from the public
+Two sources of expected values, both in tests/reference/:
+- golden_losses.json, the project's golden values (inputs, values and which reference function
+  made each), written from shared/reference/golden_losses.json by make_shared_tables.py;
+- loss_refs.json, made by tests/reference/make_loss_refs.py from the public
   reference code on other shapes and seeds (always present).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import reference_table
 
 from kdlab.distillers.losses import (
     bc_loss,
@@ -34,20 +34,9 @@ REFS = json.loads((REPO / "tests" / "reference" / "loss_refs.json").read_text())
 REL = 1e-6
 
 
-def _golden_path() -> Path:
-    shared = os.environ.get("KDLAB_SHARED")
-    root = Path(shared) if shared else REPO.parent / "shared"
-    return root / "reference" / "golden_losses.json"
-
-
 @pytest.fixture(scope="module")
 def golden() -> dict:
-    path = _golden_path()
-    if not path.is_file():
-        pytest.skip(
-            f"golden loss values not found at {path} (set KDLAB_SHARED to the folder holding reference/)"
-        )
-    return json.loads(path.read_text())
+    return reference_table("golden_losses.json")
 
 
 def f64(values) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """The CIFAR zoo against mdistiller: state-dict keys and shapes, outputs for identical weights, files.
 
 Expected values come from
-- shared/reference/cifar_state_dict_shapes.json (the published teachers' keys and shapes; found
-  through $KDLAB_SHARED, a folder holding reference/, else <repo>/../shared; skipped when absent);
+- tests/reference/cifar_shapes.json (the published checkpoints' keys and shapes, written from
+  shared/reference/cifar_state_dict_shapes.json by tests/reference/make_shared_tables.py);
 - tests/reference/model_refs.json, written by tests/reference/make_model_refs.py from mdistiller's
   own model code (always present). Weights are filled from key names and shapes only by that
   script's `seeded_state_dict`, which is imported here so both sides use the same logic.
@@ -13,11 +13,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import reference_table
 
 from kdlab.errors import CheckpointError, ConfigError
 from kdlab.models import MODELS, build_model
@@ -64,12 +64,8 @@ REF = _load_ref_helpers()
 MODEL_REFS = json.loads((REPO / "tests" / "reference" / "model_refs.json").read_text())
 
 
-def _shapes_table() -> dict:
-    shared = os.environ.get("KDLAB_SHARED")
-    path = (Path(shared) if shared else REPO.parent / "shared") / "reference" / "cifar_state_dict_shapes.json"
-    if not path.is_file():
-        pytest.skip(f"reference table {path} not found (set KDLAB_SHARED to the folder holding reference/)")
-    return json.loads(path.read_text())
+SHAPES = reference_table("cifar_shapes.json")["models"]
+NOT_IN_SHAPES = {"ResNet34"}  # no checkpoint of it was published with mdistiller's CIFAR teachers
 
 
 def _assert_close(actual, expected, where: str) -> None:
@@ -87,17 +83,18 @@ def test_every_cifar_name_is_registered_and_referenced():
     assert set(CIFAR_NAMES) == {k for k in MODEL_REFS if not k.startswith("_")}
 
 
-@pytest.mark.parametrize("name", CIFAR_NAMES)
+def test_shape_table_covers_the_zoo():
+    assert set(SHAPES) == set(CIFAR_NAMES) - NOT_IN_SHAPES
+
+
+@pytest.mark.parametrize("name", sorted(set(CIFAR_NAMES) - NOT_IN_SHAPES))
 def test_state_dict_matches_published_checkpoints(name):
-    table = _shapes_table()
-    if name not in table:
-        pytest.skip(f"{name} has no published checkpoint in the reference table")
-    with torch.device("meta"):  # shapes only: skip the real initialization
+    with torch.device("meta"):  # shapes only: no real initialization
         model = build_model(name, num_classes=100)
-    own = {k: list(v.shape) for k, v in model.state_dict().items()}
-    assert list(own) == list(table[name]["keys"])  # same keys, same order
-    assert own == table[name]["keys"]
-    assert sum(p.numel() for p in model.parameters()) == table[name]["params"]
+    own = [[k, list(v.shape)] for k, v in model.state_dict().items()]
+    assert [k for k, _ in own] == [k for k, _ in SHAPES[name]["keys"]]  # same keys, same order
+    assert own == SHAPES[name]["keys"]
+    assert sum(p.numel() for p in model.parameters()) == SHAPES[name]["params"]
 
 
 @pytest.mark.parametrize("name", CIFAR_NAMES)

@@ -10,12 +10,11 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 
 import matplotlib.image
 import pytest
 from conftest import REPO, digits_opts
+from test_cli import call_tool
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SEEDS = (0, 1)
@@ -67,8 +66,7 @@ def runs(tmp_path_factory) -> list[dict]:
 @pytest.fixture(scope="module")
 def report(runs, tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("report"))
-    res = subprocess.run([sys.executable, os.path.join(REPO, "tools", "report.py"), runs[0]["prefix"], "--out", out],
-                         capture_output=True, text=True, timeout=120)
+    res = call_tool("report.py", runs[0]["prefix"], "--out", out)
     assert res.returncode == 0, res.stderr
     assert "2 runs, 1 rows" in res.stdout
     return out
@@ -138,8 +136,7 @@ def test_single_run_shows_dash_and_incomplete_runs_are_skipped(runs, tmp_path):
 
 
 def test_report_without_runs_is_one_line_error(tmp_path):
-    res = subprocess.run([sys.executable, os.path.join(REPO, "tools", "report.py"), str(tmp_path)],
-                         capture_output=True, text=True, timeout=60)
+    res = call_tool("report.py", str(tmp_path))
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines()[-1].startswith("report.py: error: no finished runs")
 

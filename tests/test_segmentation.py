@@ -14,10 +14,10 @@ from conftest import REPO
 from fixtures_data import write_voc
 
 from kdlab.config import get_cfg, load_cfg
-from kdlab.distillers import DatasetFacts, build_distiller
+from kdlab.distillers import DISTILLERS, DatasetFacts, build_distiller
 from kdlab.distillers.base import cross_entropy
 from kdlab.distillers.losses import flatten_pixels, kd_loss, kd_loss_any, pixel_kd_loss, standardize
-from kdlab.errors import CheckpointError
+from kdlab.errors import CheckpointError, ConfigError
 from kdlab.evaluation.metrics import confusion_matrix, correct_and_count, evaluate_segmentation, iou_from_confusion
 from kdlab.models import build_model
 
@@ -222,6 +222,29 @@ def test_featkd_composes_ce_kd_and_feature_mse_on_segmentation():
     assert student.classifier.weight.grad is not None
     assert all(p.grad is None for p in teacher.parameters())
     assert distiller.extra_parameter_count() > 0
+
+
+@pytest.mark.parametrize("method", DISTILLERS.names())
+def test_registry_flag_decides_segmentation(method, tmp_path):
+    """supports_segmentation methods train on per-pixel logits; the others are refused for VOC, by name."""
+    from kdlab.engine.builder import build_everything
+
+    if not DISTILLERS.get(method).supports_segmentation:
+        write_voc(tmp_path, n_train=2, n_val=1)
+        cfg = load_cfg(VANILLA, ["DATASET.ROOT", str(tmp_path), "DISTILLER.TYPE", method])
+        with pytest.raises(ConfigError, match=f"{method}.*segmentation"):
+            build_everything(cfg, load_teacher_weights=False)
+        return
+    torch.manual_seed(0)
+    needs_teacher = getattr(DISTILLERS.get(method), "needs_teacher", True)
+    teacher = build_model("seg_small", 21, width=1.5) if needs_teacher else None
+    facts = DatasetFacts(num_classes=21, input_size=(32, 32), in_channels=3, task="segmentation")
+    distiller = build_distiller(_seg_cfg(method), build_model("seg_small", 21), teacher, facts=facts).train()
+    target = torch.randint(0, 21, (2, 32, 32))
+    target[:, :4] = 255
+    logits, losses = distiller(torch.randn(2, 3, 32, 32), target, epoch=1)
+    assert logits.shape == (2, 21, 32, 32) and "loss_ce" in losses
+    assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
 
 
 # ---------------------------------------------------------------- end to end
