@@ -35,6 +35,8 @@ log = logging.getLogger("kdlab")
 
 def autocast_context(cfg: CfgNode, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
     """A factory of autocast contexts for SOLVER.AMP (bf16 on CPU/CUDA, fp16 on CUDA)."""
+    if "auto" in (cfg.SOLVER.AMP, cfg.SOLVER.CHANNELS_LAST):
+        raise ValueError("SOLVER.AMP / CHANNELS_LAST auto must be resolved first (kdlab.engine.precision.apply)")
     if not cfg.SOLVER.AMP:
         return contextlib.nullcontext
     dtype = getattr(torch, cfg.SOLVER.AMP_DTYPE)
@@ -150,6 +152,7 @@ class Trainer:
             "history": self.history,
             "train_time": self.train_time,
             "config": self.cfg.dump(),
+            "precision": self.facts.get("precision"),  # how SOLVER.AMP / CHANNELS_LAST were chosen
         }
 
     def load_state_dict(self, state: dict) -> None:
