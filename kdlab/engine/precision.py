@@ -338,7 +338,8 @@ def run_trial(
 
     make_step(choice) returns step(n): one real training step on the first n images. The trial
     starts on PROBE_IMAGES images, grows to the largest of batch, batch/2, ... that leaves time for
-    a warm-up and MAX_ROUNDS rounds, and runs MIN_ROUNDS to MAX_ROUNDS rounds.
+    a warm-up and MAX_ROUNDS rounds, and runs MIN_ROUNDS to MAX_ROUNDS rounds (MIN_ROUNDS may overrun
+    the budget by about a round). If not even one round fits after the first steps, it gives up.
     """
     if budget_s <= 0:
         return Trial(None, f"{BUDGET_ENV} is 0")
@@ -356,9 +357,9 @@ def run_trial(
     warm = {c: timed(s, n) for c, s in steps.items()}  # first steps carry one-off costs: pessimistic
     per_image = sum(warm.values()) / n
     left = budget_s - (clock() - start)
-    if left < MIN_ROUNDS * per_image * n:
+    if left < per_image * n:  # not even one more round of steps fits
         return Trial(None, f"one step of each candidate on {n} images took {sum(warm.values()):.2f} s, "
-                           f"more than the {budget_s:g} s budget allows")
+                           f"too long for the {budget_s:g} s budget")
     grown = batch_size
     while grown > n and (MAX_ROUNDS + 1) * per_image * grown > left:
         grown //= 2
