@@ -217,6 +217,45 @@ def test_trial_budget_from_the_environment(monkeypatch):
     assert P.trial_budget(2) == 2 * P.TRIAL_BUDGET_S
 
 
+# ---------------------------------------------------------------- the real trial
+def _voc_opts(tmp_path):
+    from fixtures_data import write_voc
+
+    write_voc(tmp_path / "data", n_train=6, n_val=4)
+    return ["DATASET.ROOT", str(tmp_path / "data"), "DATASET.IMAGE_SIZE", "32", "SOLVER.BATCH_SIZE", "4",
+            "DATASET.NUM_WORKERS", "0"]
+
+
+@pytest.mark.parametrize("config, extra", [
+    ("configs/digits/kd/digits_teacher_digits_student.yaml", ["DISTILLER.MODEL_KWARGS.DROPOUT", "0.3"]),
+    ("configs/digits/mlkd/digits_teacher_digits_student.yaml", []),  # two views
+    ("configs/voc/vanilla/seg_small.yaml", None),  # segmentation
+])
+def test_trial_leaves_model_statistics_and_rng_untouched(tmp_path, monkeypatch, config, extra):
+    import random
+
+    import numpy as np
+
+    from kdlab.data import build_dataloaders
+    from kdlab.engine.builder import build_everything
+    from kdlab.engine.run import resolve_precision
+
+    monkeypatch.setenv(P.BUDGET_ENV, "0.5")
+    cfg = load_cfg(os.path.join(REPO, config), ["SOLVER.DEVICE", "cpu"] + (extra if extra is not None
+                                                                           else _voc_opts(tmp_path)))
+    splits, distiller = build_everything(cfg, load_teacher_weights=False)
+    train_loader, _, _ = build_dataloaders(cfg, splits=splits)
+    before = {k: v.clone() for k, v in distiller.state_dict().items()}  # BatchNorm statistics included
+    rng = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+    decision = resolve_precision(cfg, distiller, train_loader, torch.device("cpu"), splits, use_cache=False)
+    assert decision.decided_by == "trial" and len(decision.timings_s) >= 2, decision
+    after = distiller.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert torch.equal(torch.get_rng_state(), rng[0]) and (np.random.get_state()[1] == rng[1]).all()
+    assert random.getstate() == rng[2]
+    assert distiller.student.training and all(p.grad is None for p in distiller.parameters())
+
+
 # ---------------------------------------------------------------- config
 @pytest.mark.parametrize("text, value", [("auto", "auto"), ("True", True), ("false", False), ("AUTO", "auto")])
 def test_auto_true_false_load(text, value):
