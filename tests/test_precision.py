@@ -210,6 +210,26 @@ def test_trial_that_does_not_fit_the_budget_is_skipped():
     assert P.run_trial(make_step, [FP32, FP32_CL], 64, budget_s=0.0, clock=clock).timings_s is None
 
 
+def test_a_candidate_that_fails_is_dropped_but_fp32_failing_is_an_error():
+    clock = FakeClock()
+    make_step, _ = fake_steps(clock, {"fp32": 0.001, "fp32+channels_last": 0.001, "bf16": 0.0001})
+
+    def bf16_unsupported(choice):
+        if choice.amp:
+            raise RuntimeError('"slow_conv2d" not implemented for BFloat16')
+        return make_step(choice)
+
+    trial = P.run_trial(bf16_unsupported, [FP32, FP32_CL, BF16], batch_size=64, budget_s=6.0, clock=clock)
+    assert set(trial.timings_s) == {FP32, FP32_CL}
+    assert P.pick([FP32, FP32_CL, BF16], trial.timings_s) == FP32
+
+    def nothing_runs(choice):
+        raise RuntimeError("the model does not run at all")
+
+    with pytest.raises(RuntimeError, match="does not run"):
+        P.run_trial(nothing_runs, [FP32, FP32_CL], batch_size=64, budget_s=6.0, clock=clock)
+
+
 def test_trial_budget_from_the_environment(monkeypatch):
     monkeypatch.setenv(P.BUDGET_ENV, "1.5")
     assert P.trial_budget(4) == 6.0

@@ -195,8 +195,9 @@ def fallback(cands: list[Choice]) -> Choice:
 
 def pick(cands: list[Choice], timings: dict[Choice, float], margin: float = TIE_MARGIN) -> Choice:
     """The first candidate (simplest first) within margin of the fastest."""
-    best = min(timings[c] for c in cands)
-    return next(c for c in cands if timings[c] <= best * (1 + margin))
+    present = [c for c in cands if c in timings]
+    best = min(timings[c] for c in present)
+    return next(c for c in present if timings[c] <= best * (1 + margin))
 
 
 # ---------------------------------------------------------------- decision
@@ -352,10 +353,9 @@ def run_trial(
         sync()
         return clock() - t0
 
-    steps = {c: make_step(c) for c in cands}
     n = min(batch_size, PROBE_IMAGES)
-    warm = {c: timed(s, n) for c, s in steps.items()}  # first steps carry one-off costs: pessimistic
-    per_image = sum(warm.values()) / n
+    steps, warm = _first_steps(make_step, cands, n, timed)
+    per_image = sum(warm.values()) / n  # first steps carry one-off costs: a pessimistic estimate
     left = budget_s - (clock() - start)
     if left < per_image * n:  # not even one more round of steps fits
         return Trial(None, f"one step of each candidate on {n} images took {sum(warm.values()):.2f} s, "
@@ -367,18 +367,33 @@ def run_trial(
         n = grown
         for step in steps.values():
             timed(step, n)
-    times: dict[Choice, list[float]] = {c: [] for c in cands}
-    rounds = 0
-    while rounds < MAX_ROUNDS:
+    times: dict[Choice, list[float]] = {c: [] for c in steps}
+    order = list(steps)
+    while len(times[order[0]]) < MAX_ROUNDS:
+        rounds = len(times[order[0]])
         last = sum(t[-1] for t in times.values()) if rounds else per_image * n
         if rounds >= MIN_ROUNDS and clock() - start + last > budget_s:
             break
-        order = cands[rounds % len(cands):] + cands[: rounds % len(cands)]
-        for c in order:
+        for c in order[rounds % len(order):] + order[: rounds % len(order)]:
             times[c].append(timed(steps[c], n))
-        rounds += 1
     return Trial({c: statistics.median(t) for c, t in times.items()},
-                 f"{rounds} interleaved steps each on {n} of {batch_size} images")
+                 f"{len(times[order[0]])} interleaved steps each on {n} of {batch_size} images")
+
+
+def _first_steps(make_step, cands: list[Choice], n: int, timed) -> tuple[dict, dict]:
+    """Build and run once each candidate's step; a candidate other than the simplest that fails here
+    (an operation without a kernel for its dtype, say) is dropped with a warning."""
+    steps, warm = {}, {}
+    for c in cands:
+        try:
+            steps[c] = make_step(c)
+            warm[c] = timed(steps[c], n)
+        except RuntimeError as exc:
+            if c == cands[0]:
+                raise
+            steps.pop(c, None)
+            log.warning("precision trial: %s fails here (%s); not a candidate", c.label, str(exc).splitlines()[0])
+    return steps, warm
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import itertools
 import logging
 import os
@@ -109,7 +110,6 @@ def train(cfg: CfgNode, resume: bool = False, install_signal_handlers: bool = Fa
     decision = resolve_precision(cfg, distiller, train_loader, device, splits, resume_state)
     cfg = precision.apply(cfg, decision.choice)  # from here on SOLVER.AMP / CHANNELS_LAST are concrete
     facts["precision"] = decision.record()
-    log.info("precision: %s", decision.describe())
     prepare_distiller(cfg, distiller, device)
     model = wrap_distributed(cfg, distiller, device)
     run_dir = choose_run_dir(cfg, resume)
@@ -120,6 +120,7 @@ def train(cfg: CfgNode, resume: bool = False, install_signal_handlers: bool = Fa
             f.write(cfg.dump())
     trainer = Trainer(cfg, distiller, train_loader, val_loader, run_dir, device, model=model, facts=facts)
     log.info("run: %s", describe(cfg))
+    log.info("precision: %s", decision.describe())
     log.info("run directory: %s | device: %s | AMP: %s", run_dir, device,
              cfg.SOLVER.AMP_DTYPE if cfg.SOLVER.AMP else "off")
     if cfg.DISTILLER.TYPE != "NONE":
@@ -200,7 +201,11 @@ def precision_trial(cfg: CfgNode, distiller, train_loader, device, cands: list, 
             return lambda n: trainer.train_step(head(batch, n), 1, next(steps), sums)
 
         sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-        return precision.run_trial(make_step, cands, len(batch[1]), budget_s, sync)
+        trial = precision.run_trial(make_step, cands, len(batch[1]), budget_s, sync)
+    gc.collect()  # the copies and their optimizers
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return trial
 
 
 def first_batch(loader):
