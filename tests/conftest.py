@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -16,6 +19,11 @@ sys.path.insert(0, os.path.join(REPO, "tests"))
 
 # Tiny models run fastest, and reproducibly, on one thread; subprocesses set their own.
 torch.set_num_threads(1)
+# SOLVER.AMP / CHANNELS_LAST auto: no timed trial (the capability default) and no cache outside the
+# session, also for subprocesses; tests of the trial and the cache set these themselves.
+os.environ["KDLAB_CACHE_DIR"] = tempfile.mkdtemp(prefix="kdlab-test-cache-")
+os.environ["KDLAB_PRECISION_TRIAL_S"] = "0"
+atexit.register(shutil.rmtree, os.environ["KDLAB_CACHE_DIR"], True)
 
 
 REFERENCE = os.path.join(REPO, "tests", "reference")

@@ -138,6 +138,7 @@ def _value(key: str, current, ckpts: dict):
         "FITNET.HINT_LAYER": 2, "FEATKD.STUDENT_LAYERS": [0, 2], "FEATKD.TEACHER_LAYERS": [1, 2],
         "LOG.PREFIX": "{root}/elsewhere",
         "LOG.TENSORBOARD_FREQ": 1,
+        "SOLVER.AMP": True, "SOLVER.CHANNELS_LAST": True,  # auto resolves to fp32 NCHW in tests (no trial)
     }
     if key in special:
         value = special[key]

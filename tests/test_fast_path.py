@@ -11,9 +11,9 @@ import sys
 import pytest
 import torch
 
+from kdlab import benchmark as bench
 from kdlab.config import load_cfg
 from kdlab.data import build_datasets
-from kdlab.engine import bench
 from kdlab.engine.builder import build_everything
 from kdlab.engine.run import prepare_distiller
 from kdlab.engine.trainer import Trainer
@@ -54,7 +54,7 @@ def test_fast_path_gives_the_plain_step_within_bf16_tolerance(method, tmp_path):
     cfg = tiny_cifar_cfg(method)
     with bench.dataset_for_bench(cfg, n_train=32, n_test=16) as (data_cfg, source, _):
         assert source == "synthetic"
-        plain, g_plain, batch = one_step(data_cfg, str(tmp_path / "plain"))
+        plain, g_plain, batch = one_step(bench.with_options(data_cfg, bench.PLAIN), str(tmp_path / "plain"))
         fast, g_fast, _ = one_step(bench.with_options(data_cfg, FAST), str(tmp_path / "fast"), batch)
     assert plain.keys() == fast.keys()
     total_plain, total_fast = sum(plain.values()), sum(fast.values())
@@ -70,8 +70,8 @@ def test_fast_path_gives_the_plain_step_within_bf16_tolerance(method, tmp_path):
 def test_channels_last_alone_is_the_same_arithmetic(tmp_path):
     cfg = tiny_cifar_cfg()
     with bench.dataset_for_bench(cfg, n_train=32, n_test=16) as (data_cfg, _, _):
-        plain, g_plain, batch = one_step(data_cfg, str(tmp_path / "plain"))
-        cl_cfg = bench.with_options(data_cfg, {"SOLVER.CHANNELS_LAST": True})
+        plain, g_plain, batch = one_step(bench.with_options(data_cfg, bench.PLAIN), str(tmp_path / "plain"))
+        cl_cfg = bench.with_options(data_cfg, {**bench.PLAIN, "SOLVER.CHANNELS_LAST": True})
         cl, g_cl, _ = one_step(cl_cfg, str(tmp_path / "cl"), batch)
     for k in plain:
         assert cl[k] == pytest.approx(plain[k], rel=1e-4, abs=1e-6)
@@ -90,7 +90,8 @@ def test_teacher_without_weights_needs_no_checkpoint():
 
 def test_compile_gives_the_eager_step_and_keeps_state_dict_keys(tmp_path):
     """SOLVER.COMPILE compiles student and teacher in place: same numbers, same checkpoint keys (~15 s)."""
-    cfg = load_cfg(DIGITS_KD, ["SOLVER.DEVICE", "cpu", "LOG.PROGRESS", "False", "DATASET.NUM_WORKERS", "0"])
+    cfg = load_cfg(DIGITS_KD, ["SOLVER.DEVICE", "cpu", "LOG.PROGRESS", "False", "DATASET.NUM_WORKERS", "0",
+                               "SOLVER.AMP", "False", "SOLVER.CHANNELS_LAST", "False"])
     eager, g_eager, batch = one_step(cfg, str(tmp_path / "eager"))
     compiled_cfg = bench.with_options(cfg, {"SOLVER.COMPILE": True})
     compiled, g_compiled, _ = one_step(compiled_cfg, str(tmp_path / "compiled"), batch)
@@ -105,18 +106,35 @@ def test_compile_gives_the_eager_step_and_keeps_state_dict_keys(tmp_path):
 
 
 def test_bench_times_exactly_train_step(monkeypatch):
+    """The shipped step, each candidate of auto and the plain step: each setting timed once, by train_step."""
     calls = []
     original = Trainer.train_step
 
     def counted(self, *args, **kwargs):
-        calls.append(self.cfg.SOLVER.AMP)
+        calls.append((self.cfg.SOLVER.AMP, self.cfg.SOLVER.CHANNELS_LAST))
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(Trainer, "train_step", counted)
-    cfg = load_cfg(DIGITS_KD, ["SOLVER.DEVICE", "cpu", "SOLVER.AMP", "True"])
+    cfg = load_cfg(DIGITS_KD, ["SOLVER.DEVICE", "cpu", "SOLVER.AMP", "True"])  # CHANNELS_LAST auto
     result = bench.bench_step(cfg, steps=3, warmup=2, estimate=False)
-    assert calls.count(True) == 5 and calls.count(False) == 5  # the configured step and the plain baseline
-    assert result["amp"] == "bfloat16" and result["step_s"] > 0 and result["plain_step_s"] > 0
+    # no trial in tests (KDLAB_PRECISION_TRIAL_S 0): on a CPU auto's default is the simplest candidate, NCHW
+    assert result["auto"]["decided_by"] == "capability" and result["auto"]["pick"] == "bf16"
+    assert {k: calls.count(k) for k in set(calls)} == {(True, True): 5, (True, False): 5, (False, False): 5}
+    assert result["amp"] == "bfloat16" and result["channels_last"] is False
+    assert set(result["candidates_step_s"]) == {"bf16", "bf16+channels_last"}
+    assert result["step_s"] == result["candidates_step_s"]["bf16"]  # the same step, timed once
+    best = min(result["candidates_step_s"].values()) if result["best_fixed"] != "plain" else result["plain_step_s"]
+    assert result["ratio_vs_best_fixed"] == pytest.approx(result["step_s"] / best)
+
+
+def test_bench_all_candidates_include_what_auto_rules_out(monkeypatch):
+    monkeypatch.setattr(bench.step.precision, "detect_capability",
+                        lambda device: bench.step.precision.Capability("cpu", "test CPU", native_bf16=False))
+    cfg = load_cfg(DIGITS_KD, ["SOLVER.DEVICE", "cpu"])
+    result = bench.bench_step(cfg, steps=1, warmup=1, estimate=False, all_candidates=True)
+    assert set(result["candidates_step_s"]) == {"fp32", "fp32+channels_last", "bf16", "bf16+channels_last"}
+    assert result["auto"]["pick"] == "fp32" and result["amp"] is False  # no native bf16, no trial: plain fp32
+    assert result["plain_step_s"] == result["candidates_step_s"]["fp32"]
 
 
 def test_bench_cli_json(tmp_path):

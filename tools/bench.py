@@ -1,13 +1,16 @@
 """Time kdlab's training step (or its data pipeline) for a config.
 
     python tools/bench.py --cfg configs/cifar100/kd/resnet32x4_resnet8x4.yaml [--steps 10] [--warmup 3]
-        [--json] [--reference-repo PATH/TO/mdistiller] [--threads N] [KEY VALUE ...]
+        [--json] [--reference-repo PATH/TO/mdistiller] [--threads N] [--all-candidates] [KEY VALUE ...]
     python tools/bench.py --cfg ... --data [--json]
 
 The step is Trainer.train_step as training runs it (random teacher weights: no checkpoint or dataset
-needed for CIFAR). Alongside, interleaved in the same process on the same batch, it times the step with
-the fast path off (fp32, NCHW, eager: `plain_step_s`) and, with --reference-repo, mdistiller's step
-(`reference_step_s`, `ratio` = step_s / reference_step_s). Report ratios: absolute times depend on load.
+needed for CIFAR), with SOLVER.AMP / CHANNELS_LAST `auto` resolved as a run resolves them (a fresh
+trial). Alongside, interleaved in the same process on the same batch, it times every candidate setting
+auto chose among (`candidates_step_s`; with --all-candidates also those it rules out here, e.g. bf16 on
+a CPU without native bf16), the step with the fast path off (fp32, NCHW, eager: `plain_step_s`) and,
+with --reference-repo, mdistiller's step (`reference_step_s`, `ratio` = step_s / reference_step_s).
+`ratio_vs_best_fixed` = step_s / the fastest fixed setting. Report ratios: absolute times depend on load.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from kdlab.cli import hoist_flags, run_cli  # noqa: E402
 from kdlab.config import load_cfg  # noqa: E402
 
 VALUE_FLAGS = {"--cfg", "--steps", "--warmup", "--reference-repo", "--threads", "--batches"}
-BOOL_FLAGS = {"--json", "--data", "--no-plain", "--debug", "-h", "--help"}
+BOOL_FLAGS = {"--json", "--data", "--no-plain", "--all-candidates", "--debug", "-h", "--help"}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -37,6 +40,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--batches", type=int, default=50, help="--data: loader batches to time")
     p.add_argument("--reference-repo", default="", help="mdistiller checkout: also time its step, interleaved")
     p.add_argument("--no-plain", action="store_true", help="skip the fast-path-off baseline")
+    p.add_argument("--all-candidates", action="store_true",
+                   help="time every precision/memory format this device runs, also those auto rules out")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides, e.g. SOLVER.AMP False")
@@ -44,18 +49,26 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def _fmt_step(name: str, seconds: float, batch: int, extra: str = "") -> str:
-    return f"  {name:<16}{seconds:8.3f} s/step {batch / seconds:9.1f} images/s{extra}"
+    return f"  {name:<22}{seconds:8.3f} s/step {batch / seconds:9.1f} images/s{extra}"
 
 
 def report_step(r: dict) -> str:
     who = r["student"] if r["teacher"] is None else f"{r['teacher']} -> {r['student']}"
     fast = f"AMP {r['amp'] or 'off'}, channels_last {'on' if r['channels_last'] else 'off'}, " \
            f"compile {'on' if r['compile'] else 'off'}"
+    auto = r["auto"]
     lines = [
         f"{r['config']} {who} on {r['dataset']} ({r['data']} data), batch {r['batch_size']}, {r['device']}, "
         f"{r['threads']} threads; {fast}",
-        _fmt_step("kdlab step", r["step_s"], r["batch_size"], f"  (median of {r['steps']}, warm-up {r['warmup']})"),
+        f"  precision: {auto['pick']}, decided by {auto['decided_by']} ({auto['reason']})",
+        _fmt_step("kdlab as shipped", r["step_s"], r["batch_size"],
+                  f"  (median of {r['steps']}, warm-up {r['warmup']})"),
     ]
+    for name, seconds in r.get("candidates_step_s", {}).items():
+        mark = "  <- as shipped" if name == auto["pick"] else ""
+        lines.append(_fmt_step(f"  {name}", seconds, r["batch_size"], mark))
+    if "best_fixed" in r:
+        lines.append(f"  shipped / best fixed ({r['best_fixed']}): {r['ratio_vs_best_fixed']:.3f}")
     if "plain_step_s" in r:
         lines.append(_fmt_step("plain fp32", r["plain_step_s"], r["batch_size"],
                                f"  fast path x{r['speedup_vs_plain']:.2f}"))
@@ -93,14 +106,14 @@ def main(argv: list[str]) -> int:
 
         torch.set_num_threads(args.threads)
     cfg = load_cfg(args.cfg or None, args.opts)
-    from kdlab.engine.bench import bench_data, bench_step
+    from kdlab.benchmark import bench_data, bench_step
 
     if args.data:
         result = bench_data(cfg, batches=args.batches)
         print(json.dumps(result) if args.json else report_data(result))
         return 0
     result = bench_step(cfg, steps=args.steps, warmup=args.warmup, reference_repo=args.reference_repo or None,
-                        plain=not args.no_plain)
+                        plain=not args.no_plain, all_candidates=args.all_candidates)
     print(json.dumps(result) if args.json else report_step(result))
     return 0
 

@@ -71,9 +71,13 @@ _C.SOLVER.PLATEAU_PATIENCE = 5  # plateau: epochs without improvement before the
 _C.SOLVER.PLATEAU_FACTOR = 0.1  # plateau: LR multiplier at each cut
 _C.SOLVER.EARLY_STOP_PATIENCE = 0  # stop after N epochs without a better test_acc; 0 = off
 _C.SOLVER.GRAD_CLIP = 0.0  # max global grad norm; 0 = off
-_C.SOLVER.AMP = False  # autocast: bf16 on CPU/CUDA, fp16 (+GradScaler) if AMP_DTYPE=float16
-_C.SOLVER.AMP_DTYPE = "bfloat16"  # bfloat16 | float16 (CUDA only)
-_C.SOLVER.CHANNELS_LAST = False  # NHWC memory format for conv nets
+# auto: at start-up kdlab picks the precision for this device, model pair and batch (by capability,
+# else a short timed trial of the real step, cached under $KDLAB_CACHE_DIR or ~/.cache/kdlab):
+# fp32, bf16 (CUDA Ampere+, CPUs with native bf16) or fp16 + GradScaler (CUDA Volta/Turing).
+# True: autocast with AMP_DTYPE; False: fp32. The run's config.yaml records the value used.
+_C.SOLVER.AMP = "auto"  # auto | True | False
+_C.SOLVER.AMP_DTYPE = "bfloat16"  # with AMP True: bfloat16 | float16 (CUDA only); with auto, chosen too
+_C.SOLVER.CHANNELS_LAST = "auto"  # auto | True | False: NHWC memory format for conv nets (auto: as for AMP)
 _C.SOLVER.COMPILE = False  # torch.compile the student and teacher
 _C.SOLVER.DEVICE = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
 _C.SOLVER.MAX_STEPS_PER_EPOCH = 0  # stop each epoch after this many steps (smoke tests, benchmarks); 0 = all

@@ -20,8 +20,22 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
+# Keys that take True, False or "auto" (resolved for the machine at start-up: kdlab/engine/precision.py).
+AUTO_BOOL_KEYS = ("SOLVER.AMP", "SOLVER.CHANNELS_LAST")
+
+
+def _coerce_auto_bool(key: str, value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "auto"):
+        return "auto" if value.lower() == "auto" else value.lower() == "true"
+    raise ConfigError(f"{key}: expected True, False or auto, got {_type_name(value)} {value!r}")
+
+
 def _coerce(key: str, value: Any, default: Any) -> Any:
     """Return value converted to the default's type, or raise ConfigError naming the key."""
+    if key in AUTO_BOOL_KEYS:
+        return _coerce_auto_bool(key, value)
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value

@@ -102,5 +102,8 @@ def validate_cfg(cfg: CfgNode) -> None:
     _check_wandb(cfg)
     if cfg.SOLVER.DEVICE not in ("auto", "cpu", "cuda") and not cfg.SOLVER.DEVICE.startswith("cuda:"):
         raise ConfigError(f"SOLVER.DEVICE must be auto, cpu, cuda or cuda:N, got {cfg.SOLVER.DEVICE!r}")
-    if cfg.SOLVER.AMP and cfg.SOLVER.AMP_DTYPE == "float16" and cfg.SOLVER.DEVICE == "cpu":
+    for key in ("AMP", "CHANNELS_LAST"):
+        if not (isinstance(cfg.SOLVER[key], bool) or cfg.SOLVER[key] == "auto"):
+            raise ConfigError(f"SOLVER.{key} must be True, False or auto, got {cfg.SOLVER[key]!r}")
+    if cfg.SOLVER.AMP is True and cfg.SOLVER.AMP_DTYPE == "float16" and cfg.SOLVER.DEVICE == "cpu":
         raise ConfigError("SOLVER.AMP_DTYPE float16 needs CUDA; use bfloat16 on CPU")

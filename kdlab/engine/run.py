@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import gc
+import itertools
 import logging
 import os
 import signal
+import tempfile
 from typing import Optional
 
 import yaml
@@ -14,6 +18,7 @@ from kdlab.config import get_cfg
 from kdlab.config import run_dir as configured_run_dir
 from kdlab.data import build_dataloaders
 from kdlab.engine import distributed as dist_utils
+from kdlab.engine import precision
 from kdlab.engine.builder import build_everything, select_device
 from kdlab.engine.checkpoint import load_training_state
 from kdlab.engine.loggers import setup_logging
@@ -151,19 +156,24 @@ def train(cfg: CfgNode, resume: bool = False, install_signal_handlers: bool = Fa
     device = select_device(cfg, int(os.environ.get("LOCAL_RANK", "0")) if dist_utils.is_distributed() else None)
     splits, distiller = build_everything(cfg)
     facts = student_facts(distiller.student, splits)
-    prepare_distiller(cfg, distiller, device)
+    distiller.to(device)
     train_loader, val_loader, _ = build_dataloaders(
         cfg, rank=dist_utils.rank(), world_size=dist_utils.world_size(), splits=splits
     )
+    decision = resolve_precision(cfg, distiller, train_loader, device, splits, resume_state)
+    cfg = precision.apply(cfg, decision.choice)  # from here on SOLVER.AMP / CHANNELS_LAST are concrete
+    facts["precision"] = decision.record()
+    prepare_distiller(cfg, distiller, device)
     model = wrap_distributed(cfg, distiller, device)
     run_dir = choose_run_dir(cfg, resume)
     if dist_utils.is_main():
         prepare_run_dir(run_dir)
         with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:
-            f.write(f"# {describe(cfg)}\n")
+            f.write(f"# {describe(cfg)}\n{decision.header()}\n")
             f.write(cfg.dump())
     trainer = Trainer(cfg, distiller, train_loader, val_loader, run_dir, device, model=model, facts=facts)
     log.info("run: %s", describe(cfg))
+    log.info("precision: %s", decision.describe())
     log.info("run directory: %s | device: %s | AMP: %s", run_dir, device,
              cfg.SOLVER.AMP_DTYPE if cfg.SOLVER.AMP else "off")
     if cfg.DISTILLER.TYPE != "NONE":
@@ -195,6 +205,75 @@ def configure_backends(cfg: CfgNode) -> None:
         torch.backends.cudnn.benchmark = False
     else:
         torch.backends.cudnn.benchmark = True
+
+
+def resolve_precision(cfg: CfgNode, distiller, train_loader, device, splits,
+                      resume_state: Optional[dict] = None, use_cache: bool = True) -> precision.Decision:
+    """SOLVER.AMP / CHANNELS_LAST for this run (see kdlab.engine.precision): rank 0 decides, all ranks use it.
+
+    A trial times Trainer.train_step on copies of the distiller (fresh optimizers), so the model, its
+    BatchNorm statistics and every RNG stream of the run are left as they were.
+    """
+    decision = None
+    if dist_utils.is_main():
+        request = precision.Request.from_cfg(cfg)
+        cap = precision.detect_capability(device)
+        batch_size = cfg.SOLVER.BATCH_SIZE // dist_utils.world_size()
+        shape = (splits.in_channels, *splits.input_size)
+        key = precision.cache_key(cap, cfg, batch_size, shape, precision.candidates(cap, request))
+        saved = precision.saved_choice(resume_state) if resume_state is not None else None
+        cache = precision.PrecisionCache() if use_cache else None
+
+        def measure(cands: list) -> precision.Trial:
+            return precision_trial(cfg, distiller, train_loader, device, cands, precision.trial_budget(len(cands)))
+
+        decision = precision.resolve(request, cap, measure, cache, key, saved)
+    return dist_utils.broadcast_object(decision)
+
+
+def precision_trial(cfg: CfgNode, distiller, train_loader, device, cands: list, budget_s: float) -> precision.Trial:
+    """precision.run_trial on the first training batch, each candidate a Trainer on a copy of the distiller."""
+    import torch
+
+    if budget_s <= 0:
+        return precision.Trial(None, f"{precision.BUDGET_ENV} is 0")
+    with precision.preserved_rng(), tempfile.TemporaryDirectory(prefix="kdlab-trial-") as tmp:
+        batch = first_batch(train_loader)
+        eager = cfg.clone()
+        eager.defrost()
+        eager.SOLVER.COMPILE = False  # compiling every candidate would cost more than the trial
+
+        def make_step(choice: precision.Choice):
+            trial_cfg = precision.apply(eager, choice)
+            clone = prepare_distiller(trial_cfg, copy.deepcopy(distiller), device)
+            trainer = Trainer(trial_cfg, clone, train_loader, None, os.path.join(tmp, choice.label), device)
+            trainer.logger.close()
+            clone.train()
+            sums = torch.zeros(4, dtype=torch.float64, device=device)
+            steps = itertools.count()
+            return lambda n: trainer.train_step(head(batch, n), 1, next(steps), sums)
+
+        sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+        trial = precision.run_trial(make_step, cands, len(batch[1]), budget_s, sync)
+    gc.collect()  # the copies and their optimizers
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return trial
+
+
+def first_batch(loader):
+    """The first batch of epoch 0 as the loader would give it, read in this process (no workers started)."""
+    if loader.batch_size is None:
+        return next(iter(loader))
+    indices = list(itertools.islice(iter(loader.sampler), loader.batch_size))
+    return loader.collate_fn([loader.dataset[i] for i in indices])
+
+
+def head(batch, n: int):
+    """The first n samples of a (possibly nested) batch."""
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(head(x, n) for x in batch)
+    return batch[:n] if hasattr(batch, "dim") and batch.dim() > 0 else batch
 
 
 def prepare_distiller(cfg: CfgNode, distiller, device):

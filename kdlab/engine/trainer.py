@@ -39,6 +39,8 @@ STOP_CHECK_EVERY = 20
 
 def autocast_context(cfg: CfgNode, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
     """A factory of autocast contexts for SOLVER.AMP (bf16 on CPU/CUDA, fp16 on CUDA)."""
+    if "auto" in (cfg.SOLVER.AMP, cfg.SOLVER.CHANNELS_LAST):
+        raise ValueError("SOLVER.AMP / CHANNELS_LAST auto must be resolved first (kdlab.engine.precision.apply)")
     if not cfg.SOLVER.AMP:
         return contextlib.nullcontext
     dtype = getattr(torch, cfg.SOLVER.AMP_DTYPE)
@@ -157,6 +159,7 @@ class Trainer:
             "history": self.history,
             "train_time": self.train_time,
             "config": self._config_text,
+            "precision": self.facts.get("precision"),  # how SOLVER.AMP / CHANNELS_LAST were chosen
         }
 
     def load_state_dict(self, state: dict) -> None:
