@@ -17,7 +17,7 @@ from kdlab.data import build_datasets
 from kdlab.engine.builder import build_everything
 from kdlab.engine.run import prepare_distiller
 from kdlab.engine.trainer import Trainer
-from kdlab.errors import TeacherCheckpointNotFound
+from kdlab.errors import ConfigError, TeacherCheckpointNotFound
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CIFAR_KD = os.path.join(REPO, "configs", "cifar100", "kd", "resnet32x4_resnet8x4.yaml")
@@ -154,11 +154,65 @@ def test_bench_cli_json(tmp_path):
     assert result["train_images"] == 1437  # digits' real split
 
 
-@pytest.mark.skipif(not os.path.isdir(os.path.join(REFERENCE, "mdistiller")), reason="no mdistiller checkout")
-def test_bench_reference_step_and_ratio():
-    result = bench.bench_step(tiny_cifar_cfg(), steps=2, warmup=1, reference_repo=REFERENCE, estimate=False)
+STAND_IN = {  # mdistiller's interface as bench's reference step uses it, on kdlab's identical CIFAR models
+    "mdistiller/__init__.py": "",
+    "mdistiller/distillers/_base.py": "",
+    "mdistiller/distillers/__init__.py": """
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class KD(nn.Module):
+    def __init__(self, student, teacher, cfg):
+        super().__init__()
+        self.student, self.teacher, self.t = student, teacher, cfg.KD.TEMPERATURE
+
+    def get_learnable_parameters(self):
+        return list(self.student.parameters())
+
+    def forward(self, image, target, epoch):
+        s, _ = self.student(image)
+        t, _ = self.teacher(image)
+        kd = F.kl_div(F.log_softmax(s / self.t, 1), F.softmax(t.detach() / self.t, 1), reduction="batchmean")
+        return s, {"loss_ce": F.cross_entropy(s, target), "loss_kd": kd * self.t**2}
+
+
+distiller_dict = {"KD": KD}
+""",
+    "mdistiller/models/__init__.py": "",
+    "mdistiller/models/cifar/__init__.py": """
+from kdlab.models import build_model
+
+cifar_model_dict = {n: (lambda num_classes, n=n: build_model(n, num_classes), None) for n in ("resnet8", "resnet20")}
+""",
+    "mdistiller/engine/utils.py": """
+def accuracy(output, target, topk=(1,)):
+    return [(output.topk(k, 1).indices == target[:, None]).any(1).float().mean() * 100 for k in topk]
+""",
+}
+
+
+def _reference_repo(tmp_path) -> str:
+    """A real mdistiller checkout when one is beside the project (KDLAB_MDISTILLER), else a stand-in package
+    with its interface, so that the reference column's wiring is tested on every clone."""
+    if os.path.isdir(os.path.join(REFERENCE, "mdistiller")):
+        return REFERENCE
+    for rel, text in STAND_IN.items():
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return str(tmp_path)
+
+
+def test_bench_reference_step_and_ratio(tmp_path, monkeypatch):
+    for name in [m for m in sys.modules if m == "mdistiller" or m.startswith("mdistiller.")]:
+        monkeypatch.delitem(sys.modules, name)
+    result = bench.bench_step(tiny_cifar_cfg(), steps=2, warmup=1, reference_repo=_reference_repo(tmp_path),
+                              estimate=False)
     assert result["data"] == "synthetic" and result["reference_step_s"] > 0
     assert result["ratio"] == pytest.approx(result["step_s"] / result["reference_step_s"])
+    with pytest.raises(ConfigError, match="expected a checkout of mdistiller"):
+        bench.bench_step(tiny_cifar_cfg(), steps=1, warmup=1, reference_repo=str(tmp_path / "nowhere"))
 
 
 def test_bench_data_on_synthetic_cifar(tmp_path):
