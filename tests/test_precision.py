@@ -4,6 +4,7 @@ assertions), the cache, the config keys, and what a digits run records and reuse
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import pytest
@@ -150,7 +151,9 @@ def test_cache_hit_avoids_the_trial(tmp_path):
     assert set(entries) == {"k", "other"}
 
 
-def test_corrupt_cache_is_ignored_with_a_warning_and_rewritten(tmp_path, caplog):
+def test_corrupt_cache_is_ignored_with_a_warning_and_rewritten(tmp_path, caplog, monkeypatch):
+    # a run earlier in the session may have set up kdlab's console handler, which stops propagation
+    monkeypatch.setattr(logging.getLogger("kdlab"), "propagate", True)
     (tmp_path / P.CACHE_FILE).write_text("{not json")
     cache = P.PrecisionCache(str(tmp_path))
     measure = timings(fp32=1.0, fp32_cl=0.6)
