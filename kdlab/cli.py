@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -28,6 +29,9 @@ def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None, pro
             raise
         print(f"{prog}: {exc or 'interrupted'}; resume with --resume", file=sys.stderr)
         code = EXIT_INTERRUPTED
+    except BrokenPipeError:  # output piped into a reader that stopped early (`| head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        code = 0
     sys.exit(code or 0)
 
 

@@ -57,6 +57,14 @@ def test_print_config_works_without_data(tmp_path):
     assert "logit standardization off" in res.stdout
 
 
+def test_print_config_names_a_teacher_only_for_methods_that_use_one():
+    vanilla = os.path.join(REPO, "configs/digits/vanilla/digits_teacher.yaml")
+    assert call_tool("train.py", "--cfg", vanilla, "--print-config").stdout.startswith(
+        "# NONE digits_teacher on digits,")
+    assert call_tool("train.py", "--cfg", KD_CFG, "--print-config").stdout.startswith("# KD resnet32x4 -> resnet8x4 on")
+    assert "AMP: auto" in call_tool("train.py", "--cfg", KD_CFG, "--print-config").stdout
+
+
 def test_print_config_shows_logit_stand(tmp_path):
     res = call_tool("train.py", "--cfg", KD_CFG, "--print-config", "--logit-stand", "--base-temp", "3")
     assert res.returncode == 0, res.stderr

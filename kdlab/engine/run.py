@@ -14,7 +14,7 @@ from typing import Optional
 import yaml
 from yacs.config import CfgNode
 
-from kdlab.config import get_cfg
+from kdlab.config import get_cfg, hooks
 from kdlab.config import run_dir as configured_run_dir
 from kdlab.data import build_dataloaders
 from kdlab.engine import distributed as dist_utils
@@ -132,10 +132,13 @@ def _saved_config(run_dir: str, state: dict) -> tuple[str, str]:
         return f.read(), path
 
 
-def describe(cfg: CfgNode) -> str:
+def describe(cfg: CfgNode, has_teacher: Optional[bool] = None) -> str:
     """One line saying what this run does, including whether logit standardization is on."""
     method = cfg.DISTILLER.TYPE
-    who = cfg.DISTILLER.STUDENT if method == "NONE" else f"{cfg.DISTILLER.TEACHER} -> {cfg.DISTILLER.STUDENT}"
+    if has_teacher is None:  # as the method declares (a method kdlab does not implement: as configured)
+        cls = hooks.method_class(method)
+        has_teacher = cls is None or cls.needs_teacher
+    who = f"{cfg.DISTILLER.TEACHER} -> {cfg.DISTILLER.STUDENT}" if has_teacher else cfg.DISTILLER.STUDENT
     ls = "ON" if cfg.EXPERIMENT.LOGIT_STAND else "off"
     return f"{method} {who} on {cfg.DATASET.TYPE}, logit standardization {ls}"
 
@@ -169,14 +172,14 @@ def train(cfg: CfgNode, resume: bool = False, install_signal_handlers: bool = Fa
     if dist_utils.is_main():
         prepare_run_dir(run_dir)
         with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:
-            f.write(f"# {describe(cfg)}\n{decision.header()}\n")
+            f.write(f"# {describe(cfg, distiller.teacher is not None)}\n{decision.header()}\n")
             f.write(cfg.dump())
     trainer = Trainer(cfg, distiller, train_loader, val_loader, run_dir, device, model=model, facts=facts)
-    log.info("run: %s", describe(cfg))
+    log.info("run: %s", describe(cfg, distiller.teacher is not None))
     log.info("precision: %s", decision.describe())
     log.info("run directory: %s | device: %s | AMP: %s", run_dir, device,
              cfg.SOLVER.AMP_DTYPE if cfg.SOLVER.AMP else "off")
-    if cfg.DISTILLER.TYPE != "NONE":
+    if distiller.teacher is not None:
         log.info("extra parameters of %s: %d", cfg.DISTILLER.TYPE, distiller.extra_parameter_count())
     if resume_state is not None:
         trainer.load_state_dict(resume_state)

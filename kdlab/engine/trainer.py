@@ -421,7 +421,7 @@ class Trainer:
             "epochs": self.cfg.SOLVER.EPOCHS,
             "train_time_s": round(self.train_time, 3),
             "method": self.cfg.DISTILLER.TYPE,
-            "teacher": self.cfg.DISTILLER.TEACHER if self.cfg.DISTILLER.TYPE != "NONE" else None,
+            "teacher": self.cfg.DISTILLER.TEACHER if self.distiller.teacher is not None else None,
             "student": self.cfg.DISTILLER.STUDENT,
             "dataset": self.cfg.DATASET.TYPE,
             "task": self.task,  # segmentation: the *_acc values are mIoU (test) and pixel accuracy (train)
