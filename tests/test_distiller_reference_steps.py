@@ -35,6 +35,9 @@ REFS = json.loads((REPO / "tests" / "reference" / "step_refs.json").read_text())
 CASES = sorted(REFS["cases"])
 REL = 1e-10  # losses, weight sums and norms after the steps
 DELTA_REL = 1e-8  # ||w_after - w_before||: a difference of two close numbers, so fewer exact digits
+# KDSVD takes its SVD in float32 on both sides (mdistiller casts with .float()); LAPACK's float32 SVD
+# moves in the last bits with the thread count and the CPU, so its case is held to float32 precision.
+FLOAT32_REL = {"kdsvd": 1e-5}
 MODEL_OPTS = {"DISTILLER": {"TEACHER": REFS["teacher"], "STUDENT": REFS["student"]}, "SOLVER": {"DEVICE": "cpu"}}
 
 
@@ -75,6 +78,8 @@ def _close(actual: float, expected: float, rel: float, scale: float | None = Non
 @pytest.mark.parametrize("case", CASES)
 def test_steps_match_reference(case):
     ref = REFS["cases"][case]
+    rel = FLOAT32_REL.get(case, REL)
+    delta_rel = FLOAT32_REL.get(case, DELTA_REL)
     cfg = stored_cfg(case)
     torch.manual_seed(0)
     student = build_model(REFS["student"], REFS["num_classes"])
@@ -96,7 +101,7 @@ def test_steps_match_reference(case):
         expected = ref["losses"][step]
         assert sorted(losses) == sorted(expected), f"step {step}"
         for name, value in losses.items():
-            assert _close(value.item(), expected[name], REL), f"step {step} {name}: {value.item()} vs {expected[name]}"
+            assert _close(value.item(), expected[name], rel), f"step {step} {name}: {value.item()} vs {expected[name]}"
         optimizer.zero_grad()
         sum(losses.values()).backward()
         optimizer.step()
@@ -106,11 +111,11 @@ def test_steps_match_reference(case):
         assert sorted(got) == sorted(want), name
         for key, (w_sum, w_norm) in want.items():
             g_sum, g_norm = got[key]
-            assert _close(g_norm, w_norm, REL), f"{name}.{key} norm {g_norm} vs {w_norm}"
-            assert _close(g_sum, w_sum, REL, scale=abs(w_sum) + w_norm), f"{name}.{key} sum {g_sum} vs {w_sum}"
+            assert _close(g_norm, w_norm, rel), f"{name}.{key} norm {g_norm} vs {w_norm}"
+            assert _close(g_sum, w_sum, rel, scale=abs(w_sum) + w_norm), f"{name}.{key} sum {g_sum} vs {w_sum}"
         deltas = refs.delta_norms(before[name], after)
         for key, want_delta in ref["delta_norms"][name].items():
             # An update near zero (a conv bias followed by BatchNorm gets no gradient) is only known
             # to the weights' own precision, REL * ||w||.
-            tolerance = DELTA_REL * want_delta + REL * got[key][1]
+            tolerance = delta_rel * want_delta + rel * got[key][1]
             assert abs(deltas[key] - want_delta) <= tolerance, f"{name}.{key} update norm {deltas[key]} vs {want_delta}"

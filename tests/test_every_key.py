@@ -26,9 +26,9 @@ from kdlab.engine.run import train
 from kdlab.errors import ConfigError
 
 METHOD_CONFIGS = {m: os.path.join(REPO, f"configs/digits/{m.lower()}/digits_teacher_digits_student.yaml")
-                  for m in ("KD", "MLKD", "DKD", "FITNET", "CONKD", "FEATKD")}
+                  for m in ("KD", "MLKD", "DKD", "FITNET", "CONKD", "FEATKD", "PKT", "RKD", "KDSVD")}
 METHOD_GROUPS = {"KD": ("KD", "MLKD"), "DKD": ("DKD",), "FITNET": ("FITNET",), "CONKD": ("CONKD",),
-                 "FEATKD": ("FEATKD",)}
+                 "FEATKD": ("FEATKD",), "PKT": ("PKT",), "RKD": ("RKD",), "KDSVD": ("KDSVD",)}
 # Short runs in which warm-up (epoch 1) and an LR decay (epoch 2) both happen.
 COMMON = {"SOLVER.EPOCHS": 2, "SOLVER.MAX_STEPS_PER_EPOCH": 2, "SOLVER.BATCH_SIZE": 16, "SOLVER.SCHEDULER": "multistep",
           "SOLVER.WARMUP_EPOCHS": 1, "SOLVER.LR_DECAY_STAGES": [1], "DATASET.NUM_WORKERS": 0, "SOLVER.DEVICE": "cpu",
@@ -136,6 +136,7 @@ def _value(key: str, current, ckpts: dict):
         "SOLVER.TRAINER": "aug", "SOLVER.TYPE": "Adam", "SOLVER.SCHEDULER": "cosine", "SOLVER.LR_DECAY_STAGES": [],
         "SOLVER.BETAS": [0.5, 0.9], "SOLVER.AMP_DTYPE": "float16", "CONKD.SUPCON_VARIANT": "seed",
         "FITNET.HINT_LAYER": 2, "FEATKD.STUDENT_LAYERS": [0, 2], "FEATKD.TEACHER_LAYERS": [1, 2],
+        "RKD.PDIST.EPSILON": 1.0,  # a floor above some squared distances (halving 1e-12 touches none of them)
         "LOG.PREFIX": "{root}/elsewhere",
         "LOG.TENSORBOARD_FREQ": 1,
         "SOLVER.AMP": True, "SOLVER.CHANNELS_LAST": True,  # auto resolves to fp32 NCHW in tests (no trial)

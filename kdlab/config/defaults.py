@@ -11,7 +11,7 @@ from yacs.config import CfgNode as CN
 # Reference-compatibility only: key groups that exist so that mdistiller's YAML files load, for
 # methods and trainers kdlab does not implement yet (naming one of those methods or trainers is
 # refused; these keys change nothing). A group leaves this list when its method is implemented.
-REFERENCE_ONLY = ("AT", "RKD", "KDSVD", "OFD", "NST", "PKT", "SP", "VID", "CRD", "REVIEWKD", "SOLVER.DOT")
+REFERENCE_ONLY = ("AT", "OFD", "NST", "SP", "VID", "CRD", "REVIEWKD", "SOLVER.DOT")
 
 _C = CN()
 
@@ -139,6 +139,30 @@ _C.FEATKD.STUDENT_LAYERS = [2, 3]  # indices into the student's feats["feats"] (
 _C.FEATKD.TEACHER_LAYERS = [2, 3]  # the teacher layer paired with each student layer (same length)
 _C.FEATKD.INPUT_SIZE = []  # (H, W) of the zero batch that probes feature shapes; empty = the dataset's size
 
+# PKT (Passalis & Tefas 2018): KL between the B x B cosine-similarity distributions of pooled features
+_C.PKT = CN()
+_C.PKT.LOSS = CN()
+_C.PKT.LOSS.CE_WEIGHT = 1.0  # weight of the cross-entropy term
+_C.PKT.LOSS.FEAT_WEIGHT = 30000.0  # weight of the PKT term (loss_feat), a mean over B*B entries
+
+# RKD (Park et al. 2019): FEAT_WEIGHT * (DISTANCE_WEIGHT * distance + ANGLE_WEIGHT * angle) on pooled features
+_C.RKD = CN()
+_C.RKD.DISTANCE_WEIGHT = 25  # weight of the smooth-L1 between mean-normalized pairwise-distance matrices
+_C.RKD.ANGLE_WEIGHT = 50  # weight of the smooth-L1 between the cosines of all triplet angles
+_C.RKD.LOSS = CN()
+_C.RKD.LOSS.CE_WEIGHT = 1.0  # weight of the cross-entropy term
+_C.RKD.LOSS.FEAT_WEIGHT = 1.0  # weight of the whole relational term (loss_feat)
+_C.RKD.PDIST = CN()
+_C.RKD.PDIST.EPSILON = 1e-12  # squared pairwise distances are clamped at this floor before the square root
+_C.RKD.PDIST.SQUARED = False  # compare squared distances instead of distances
+
+# KDSVD (Lee et al. 2018): RBF relations between the singular vectors of consecutive stages' maps
+_C.KDSVD = CN()
+_C.KDSVD.K = 1  # teacher singular vectors kept per map (the student's K + 3 are aligned to them)
+_C.KDSVD.LOSS = CN()
+_C.KDSVD.LOSS.CE_WEIGHT = 1.0  # weight of the cross-entropy term
+_C.KDSVD.LOSS.FEAT_WEIGHT = 1.0  # weight of the SVD relation term (loss_feat)
+
 # ---- the rest of mdistiller's set: reference-compatibility only (REFERENCE_ONLY above). These keys
 # are accepted so that its YAML files load; kdlab does not implement these methods yet.
 _C.AT = CN()
@@ -146,22 +170,6 @@ _C.AT.P = 2  # attention map exponent
 _C.AT.LOSS = CN()
 _C.AT.LOSS.CE_WEIGHT = 1.0  # cross-entropy weight
 _C.AT.LOSS.FEAT_WEIGHT = 1000.0  # feature loss weight
-
-_C.RKD = CN()
-_C.RKD.DISTANCE_WEIGHT = 25  # distance-wise term weight
-_C.RKD.ANGLE_WEIGHT = 50  # angle-wise term weight
-_C.RKD.LOSS = CN()
-_C.RKD.LOSS.CE_WEIGHT = 1.0  # cross-entropy weight
-_C.RKD.LOSS.FEAT_WEIGHT = 1.0  # feature loss weight
-_C.RKD.PDIST = CN()
-_C.RKD.PDIST.EPSILON = 1e-12  # clamp for pairwise distances
-_C.RKD.PDIST.SQUARED = False  # squared pairwise distances
-
-_C.KDSVD = CN()
-_C.KDSVD.K = 1  # number of singular vectors kept
-_C.KDSVD.LOSS = CN()
-_C.KDSVD.LOSS.CE_WEIGHT = 1.0  # cross-entropy weight
-_C.KDSVD.LOSS.FEAT_WEIGHT = 1.0  # feature loss weight
 
 _C.OFD = CN()
 _C.OFD.LOSS = CN()
@@ -174,11 +182,6 @@ _C.NST = CN()
 _C.NST.LOSS = CN()
 _C.NST.LOSS.CE_WEIGHT = 1.0  # cross-entropy weight
 _C.NST.LOSS.FEAT_WEIGHT = 50.0  # feature loss weight
-
-_C.PKT = CN()
-_C.PKT.LOSS = CN()
-_C.PKT.LOSS.CE_WEIGHT = 1.0  # cross-entropy weight
-_C.PKT.LOSS.FEAT_WEIGHT = 30000.0  # feature loss weight
 
 _C.SP = CN()
 _C.SP.LOSS = CN()

@@ -278,3 +278,134 @@ def kd_loss_any(
     if logits_student.dim() == 4:
         return pixel_kd_loss(logits_student, logits_teacher, target, temperature, logit_stand)
     return kd_loss(logits_student, logits_teacher, temperature, logit_stand)
+
+
+# ---------------------------------------------------------------- relational feature losses (mdistiller)
+
+
+def pkt_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Probabilistic knowledge transfer (Passalis & Tefas ECCV 2018), as mdistiller's pkt_loss.
+
+    Rows are L2-normalized (norm + eps, NaNs set to 0), cosine similarities mapped to [0, 1] and
+    normalized per row into conditional probabilities; the loss is the MEAN over all B x B entries
+    of p_t * log((p_t + eps) / (p_s + eps)) (a KL divergence divided by B*B, as the reference has it).
+    """
+    with torch.autocast(device_type=student_feat.device.type, enabled=False):
+
+        def similarity(f: torch.Tensor) -> torch.Tensor:
+            f = f / (torch.sqrt(torch.sum(f**2, dim=1, keepdim=True)) + eps)
+            f = f.masked_fill(f != f, 0.0)
+            sim = (torch.mm(f, f.transpose(0, 1)) + 1.0) / 2.0
+            return sim / torch.sum(sim, dim=1, keepdim=True)
+
+        p_s = similarity(_f32(student_feat))
+        p_t = similarity(_f32(teacher_feat).detach())
+        return torch.mean(p_t * torch.log((p_t + eps) / (p_s + eps)))
+
+
+def pairwise_distances(e: torch.Tensor, squared: bool, eps: float) -> torch.Tensor:
+    """Euclidean distances between the rows of e (squared if asked), clamped at eps, 0 on the diagonal."""
+    e_square = e.pow(2).sum(dim=1)
+    prod = e @ e.t()
+    res = (e_square.unsqueeze(1) + e_square.unsqueeze(0) - 2 * prod).clamp(min=eps)
+    if not squared:
+        res = res.sqrt()
+    diagonal = torch.eye(len(e), dtype=torch.bool, device=e.device)
+    return res.masked_fill(diagonal, 0.0)
+
+
+def _rkd_angles(e: torch.Tensor) -> torch.Tensor:
+    """cos of the angle at each vertex j of every triplet (i, j, k): B*B*B values."""
+    diff = F.normalize(e.unsqueeze(0) - e.unsqueeze(1), p=2, dim=2)
+    return torch.bmm(diff, diff.transpose(1, 2)).view(-1)
+
+
+def rkd_terms(
+    student_feat: torch.Tensor, teacher_feat: torch.Tensor, squared: bool = False, eps: float = 1e-12
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Relational KD's (distance, angle) terms, unweighted (Park et al. CVPR 2019; mdistiller's rkd_loss).
+
+    distance: smooth-L1 between the pairwise-distance matrices, each divided by the mean of its
+    positive entries; angle: smooth-L1 between the B^3 triplet-angle cosines. Features are flattened per sample.
+    """
+    with torch.autocast(device_type=student_feat.device.type, enabled=False):
+        stu = _f32(student_feat).reshape(student_feat.shape[0], -1)
+        tea = _f32(teacher_feat).detach().reshape(teacher_feat.shape[0], -1)
+        t_d = pairwise_distances(tea, squared, eps)
+        t_d = t_d / t_d[t_d > 0].mean()
+        d = pairwise_distances(stu, squared, eps)
+        d = d / d[d > 0].mean()
+        loss_d = F.smooth_l1_loss(d, t_d)
+        loss_a = F.smooth_l1_loss(_rkd_angles(stu), _rkd_angles(tea))
+        return loss_d, loss_a
+
+
+def rkd_loss(
+    student_feat: torch.Tensor,
+    teacher_feat: torch.Tensor,
+    squared: bool = False,
+    eps: float = 1e-12,
+    distance_weight: float = 25.0,
+    angle_weight: float = 50.0,
+) -> torch.Tensor:
+    """distance_weight * RKD-D + angle_weight * RKD-A (see rkd_terms)."""
+    loss_d, loss_a = rkd_terms(student_feat, teacher_feat, squared, eps)
+    return distance_weight * loss_d + angle_weight * loss_a
+
+
+def _finite(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+
+
+def feature_svd(feat: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """mdistiller's svd(feat, n) for KDSVD: (s, v), the first n singular values and right singular vectors.
+
+    An N x C x H x W map is viewed as N matrices of (C*H) x W (mdistiller's layout: the columns are
+    the W positions, not the channels) and decomposed in float32 whatever its dtype (the reference
+    casts with .float()); non-finite entries become 0, then s and the columns of v are L2-normalized.
+    """
+    size = feat.shape
+    if len(size) != 4:
+        raise ValueError(f"KDSVD needs N x C x H x W feature maps, got shape {tuple(size)}")
+    x = feat.reshape(size[0], size[1] * size[2], size[3]).float()
+    _, s, vh = torch.linalg.svd(x, full_matrices=False)
+    s, v = _finite(s), _finite(vh.mH)
+    return F.normalize(s[:, :n], dim=1), F.normalize(v[:, :, :n], dim=1)
+
+
+def _align_signs(v_s: torch.Tensor, v_t: torch.Tensor) -> torch.Tensor:
+    """Student singular vectors matched to the teacher's: for each teacher vector, the student vector of
+    largest |cosine| (all ties kept), its sign flipped to agree (mdistiller's align_rsv)."""
+    cosine = torch.matmul(v_s.transpose(-2, -1), v_t)
+    max_abs, _ = torch.max(torch.abs(cosine), 1, keepdim=True)
+    mask = torch.where(torch.eq(max_abs, torch.abs(cosine)), torch.sign(cosine), torch.zeros_like(cosine))
+    return torch.matmul(v_s, mask)
+
+
+def kdsvd_loss(student_feats, teacher_feats, k: int) -> torch.Tensor:
+    """KD-SVD (Lee et al. ECCV 2018) as mdistiller's kdsvd_loss, in float32.
+
+    Per pair of maps (zipped, so the shorter list decides): the teacher's first k right singular
+    vectors, the student's first k+3 aligned to them, both scaled by the teacher's normalized singular
+    values; between consecutive pairs, the RBF exp(-(v_i - v_{i-1})^2 / 8) of every pair of rows;
+    loss = sum over pairs of sum((rbf_s - rbf_t)^2) (non-finite entries dropped) / batch size.
+    """
+    pairs = list(zip(student_feats, teacher_feats))
+    with torch.autocast(device_type=pairs[0][0].device.type, enabled=False):
+        total, previous = None, None
+        for f_s, f_t in pairs:
+            s_t, v_t = feature_svd(f_t.detach(), k)
+            _, v_s = feature_svd(f_s, k + 3)
+            v_s = _align_signs(v_s, v_t)
+            s_t = s_t.unsqueeze(1)
+            v_t, v_s = v_t * s_t, v_s * s_t
+            if previous is not None:
+                v_sb, v_tb = previous
+                s_rbf = torch.exp(-(v_s.unsqueeze(2) - v_sb.unsqueeze(1)).pow(2) / 8)
+                t_rbf = torch.exp(-(v_t.unsqueeze(2) - v_tb.unsqueeze(1)).pow(2) / 8)
+                term = _finite((s_rbf - t_rbf.detach()).pow(2)).sum() / f_s.shape[0]
+                total = term if total is None else total + term
+            previous = (v_s, v_t)
+        if total is None:
+            raise ValueError("KDSVD needs at least two pairs of feature maps")
+        return total

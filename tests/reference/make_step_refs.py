@@ -43,6 +43,10 @@ _SOLVER = ("SOLVER.LR", "SOLVER.MOMENTUM", "SOLVER.WEIGHT_DECAY", "SOLVER.LR_DEC
 _KD = ("KD.TEMPERATURE", "KD.LOSS.CE_WEIGHT", "KD.LOSS.KD_WEIGHT")
 _DKD = ("DKD.CE_WEIGHT", "DKD.ALPHA", "DKD.BETA", "DKD.T", "DKD.WARMUP")
 _FITNET = ("FITNET.HINT_LAYER", "FITNET.LOSS.CE_WEIGHT", "FITNET.LOSS.FEAT_WEIGHT")
+_PKT = ("PKT.LOSS.CE_WEIGHT", "PKT.LOSS.FEAT_WEIGHT")
+_RKD = ("RKD.DISTANCE_WEIGHT", "RKD.ANGLE_WEIGHT", "RKD.LOSS.CE_WEIGHT", "RKD.LOSS.FEAT_WEIGHT",
+        "RKD.PDIST.EPSILON", "RKD.PDIST.SQUARED")
+_KDSVD = ("KDSVD.K", "KDSVD.LOSS.CE_WEIGHT", "KDSVD.LOSS.FEAT_WEIGHT")
 CASES = {
     "kd": ("mdistiller", "mdistiller/cifar100/kd.yaml", False, _KD + _SOLVER),
     "kd_ls": ("ls", "logit-standardization-KD/cifar100/kd/resnet32x4_resnet8x4.yaml", True, _KD + _SOLVER),
@@ -51,9 +55,12 @@ CASES = {
     "dkd_beta2": ("mdistiller", "mdistiller/cifar100/dkd/res56_res20.yaml", False, _DKD + _SOLVER),
     "mlkd_ls": ("ls", "logit-standardization-KD/cifar100/mlkd/resnet32x4_resnet8x4.yaml", True, _KD + _SOLVER),
     "fitnet": ("mdistiller", "mdistiller/cifar100/fitnet.yaml", False, _FITNET + _SOLVER),
+    "pkt": ("mdistiller", "mdistiller/cifar100/pkt.yaml", False, _PKT + _SOLVER),
+    "rkd": ("mdistiller", "mdistiller/cifar100/rkd.yaml", False, _RKD + _SOLVER),
+    "kdsvd": ("mdistiller", "mdistiller/cifar100/kdsvd.yaml", False, _KDSVD + _SOLVER),
 }
-# The reference's loss names -> kdlab's (FitNet's hint loss is "loss_kd" in mdistiller).
-LOSS_NAMES = {"fitnet": {"loss_kd": "loss_feat"}}
+# The reference's loss names -> kdlab's (mdistiller calls every feature term "loss_kd").
+LOSS_NAMES = {case: {"loss_kd": "loss_feat"} for case in ("fitnet", "pkt", "rkd", "kdsvd")}
 
 
 def seeded_tensor(key: str, shape: Sequence, dtype: torch.dtype) -> torch.Tensor:
@@ -213,6 +220,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).with_name("step_refs.json")))
     args = parser.parse_args()
     torch.set_default_dtype(torch.float32)
+    torch.set_num_threads(1)  # as the tests run (conftest.py); KDSVD's float32 SVD depends on it
     repos = {"mdistiller": args.mdistiller, "ls": args.ls_repo}
     cases = {}
     for case in CASES:

@@ -1,0 +1,52 @@
+"""KDSVD: self-supervised KD with singular value decomposition (Lee et al. ECCV 2018), as mdistiller's KDSVD.
+
+loss_ce = KDSVD.LOSS.CE_WEIGHT * CE; loss_feat = KDSVD.LOSS.FEAT_WEIGHT * kdsvd_loss(student maps,
+teacher maps, KDSVD.K) on feats["feats"][1:] (each stage's output, the stem left out), zipped, so
+the model with fewer stages decides how many pairs are used (at least two are needed).
+Kept from mdistiller on purpose (they change the numbers):
+- each N x C x H x W map is decomposed as N matrices of (C*H) x W (a port of the NHWC TensorFlow
+  original), so the singular vectors run over the W columns: paired maps must have the same width W
+  (student and teacher channels may differ);
+- the SVD and everything after it run in float32 even for float64 features (the reference's .float()).
+No extra trainable modules. mdistiller names the feature term "loss_kd"; kdlab calls it "loss_feat".
+"""
+
+from __future__ import annotations
+
+from kdlab.distillers.base import Distiller, cross_entropy
+from kdlab.distillers.build import DISTILLERS
+from kdlab.distillers.losses import kdsvd_loss
+from kdlab.errors import ConfigError
+
+
+@DISTILLERS.register("KDSVD")
+class KDSVD(Distiller):
+    def __init__(self, student, teacher, k: int, ce_weight: float, feat_weight: float):
+        super().__init__(student, teacher)
+        if k < 1:
+            raise ConfigError(f"KDSVD.K must be a positive number of singular vectors, got {k}")
+        self.k, self.ce_weight, self.feat_weight = k, ce_weight, feat_weight
+
+    @classmethod
+    def from_config(cls, cfg, student, teacher, facts):
+        return cls(
+            student, teacher, k=cfg.KDSVD.K, ce_weight=cfg.KDSVD.LOSS.CE_WEIGHT, feat_weight=cfg.KDSVD.LOSS.FEAT_WEIGHT
+        )
+
+    def forward_train(self, image, target, **extras):
+        logits_student, feats_student = self.student(image)
+        _, feats_teacher = self.teacher_forward(image)
+        maps_s, maps_t = feats_student["feats"][1:], feats_teacher["feats"][1:]
+        for i, (f_s, f_t) in enumerate(zip(maps_s, maps_t)):
+            if f_s.shape[-1] != f_t.shape[-1]:
+                raise ConfigError(
+                    f"KDSVD pairs feats[{i + 1}] of student and teacher, which must have the same width W "
+                    f"(got student {tuple(f_s.shape[1:])}, teacher {tuple(f_t.shape[1:])}); pick models "
+                    "whose stages down-sample alike"
+                )
+        if min(len(maps_s), len(maps_t)) < 2:
+            raise ConfigError("KDSVD needs at least two stages in both models (it relates consecutive stages)")
+        return logits_student, {
+            "loss_ce": self.ce_weight * cross_entropy(logits_student, target),
+            "loss_feat": self.feat_weight * kdsvd_loss(maps_s, maps_t, self.k),
+        }
