@@ -25,6 +25,8 @@ from kdlab.distillers.losses import (
     feature_mse_loss,
     kd_loss,
     mlkd_losses,
+    pkt_loss,
+    rkd_loss,
     standardize,
     supcon_loss,
 )
@@ -220,6 +222,8 @@ CASES = {
     "supcon_khosla": (lambda f: supcon_loss(f, LABELS), 1, 0),
     "supcon_seed": (lambda f: supcon_loss(f, LABELS, variant="seed"), 1, 0),
     "feature_mse": (lambda s, t: feature_mse_loss(s, t), 1, 1),
+    "pkt": (lambda s, t: pkt_loss(s, t), 1, 1),
+    "rkd": (lambda s, t: rkd_loss(s, t), 1, 1),
 }
 
 
