@@ -8,6 +8,8 @@ Kept from mdistiller on purpose (they change the numbers):
   original), so the singular vectors run over the W columns: paired maps must have the same width W
   (student and teacher channels may differ);
 - the SVD and everything after it run in float32 even for float64 features (the reference's .float()).
+Differs without changing a number: maps are reshaped, not viewed, so channels-last features work
+(mdistiller's .view fails on them).
 No extra trainable modules. mdistiller names the feature term "loss_kd"; kdlab calls it "loss_feat".
 """
 
