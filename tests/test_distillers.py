@@ -35,6 +35,7 @@ LOSS_KEYS = {
     "FITNET": {"loss_ce", "loss_feat"},
     "FEATKD": {"loss_ce", "loss_kd", "loss_feat"},
     "CONKD": {"loss_ce", "loss_kd", "loss_supcon"},
+    "AT": {"loss_ce", "loss_feat"},
 }
 # Parameters each method adds to the digits student with configs/digits/<method>/*.yaml, by hand:
 EXTRA_PARAMS = {
@@ -47,6 +48,7 @@ EXTRA_PARAMS = {
     "FEATKD": (16 * 32 + 2 * 32) + (32 * 128 + 2 * 128),
     # head on the 32-d pooled feature: Linear(32, 32) + Linear(32, PROJ_DIM 32), with biases
     "CONKD": (32 * 32 + 32) + (32 * 32 + 32),
+    "AT": 0,  # attention maps need no connector
 }
 
 

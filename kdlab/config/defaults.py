@@ -11,7 +11,7 @@ from yacs.config import CfgNode as CN
 # Reference-compatibility only: key groups that exist so that mdistiller's YAML files load, for
 # methods and trainers kdlab does not implement yet (naming one of those methods or trainers is
 # refused; these keys change nothing). A group leaves this list when its method is implemented.
-REFERENCE_ONLY = ("AT", "RKD", "KDSVD", "OFD", "NST", "PKT", "SP", "VID", "CRD", "REVIEWKD", "SOLVER.DOT")
+REFERENCE_ONLY = ("RKD", "KDSVD", "OFD", "NST", "PKT", "SP", "VID", "CRD", "REVIEWKD", "SOLVER.DOT")
 
 _C = CN()
 
@@ -139,13 +139,16 @@ _C.FEATKD.STUDENT_LAYERS = [2, 3]  # indices into the student's feats["feats"] (
 _C.FEATKD.TEACHER_LAYERS = [2, 3]  # the teacher layer paired with each student layer (same length)
 _C.FEATKD.INPUT_SIZE = []  # (H, W) of the zero batch that probes feature shapes; empty = the dataset's size
 
+# AT (attention transfer): loss_feat = FEAT_WEIGHT * sum over the stage outputs feats[1:] of the mean squared
+# difference of the L2-normalized attention maps mean_c(feat**P) (kdlab/distillers/at.py).
+_C.AT = CN()
+_C.AT.P = 2  # exponent of the activations in the attention map mean_c(feat**P)
+_C.AT.LOSS = CN()
+_C.AT.LOSS.CE_WEIGHT = 1.0  # weight of the student's cross-entropy
+_C.AT.LOSS.FEAT_WEIGHT = 1000.0  # weight of the attention-transfer term (loss_feat)
+
 # ---- the rest of mdistiller's set: reference-compatibility only (REFERENCE_ONLY above). These keys
 # are accepted so that its YAML files load; kdlab does not implement these methods yet.
-_C.AT = CN()
-_C.AT.P = 2  # attention map exponent
-_C.AT.LOSS = CN()
-_C.AT.LOSS.CE_WEIGHT = 1.0  # cross-entropy weight
-_C.AT.LOSS.FEAT_WEIGHT = 1000.0  # feature loss weight
 
 _C.RKD = CN()
 _C.RKD.DISTANCE_WEIGHT = 25  # distance-wise term weight
