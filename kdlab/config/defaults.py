@@ -11,7 +11,7 @@ from yacs.config import CfgNode as CN
 # Reference-compatibility only: key groups that exist so that mdistiller's YAML files load, for
 # methods and trainers kdlab does not implement yet (naming one of those methods or trainers is
 # refused; these keys change nothing). A group leaves this list when its method is implemented.
-REFERENCE_ONLY = ("RKD", "KDSVD", "OFD", "NST", "PKT", "SP", "VID", "CRD", "REVIEWKD", "SOLVER.DOT")
+REFERENCE_ONLY = ("RKD", "KDSVD", "OFD", "NST", "PKT", "VID", "CRD", "REVIEWKD", "SOLVER.DOT")
 
 _C = CN()
 
@@ -147,9 +147,15 @@ _C.AT.LOSS = CN()
 _C.AT.LOSS.CE_WEIGHT = 1.0  # weight of the student's cross-entropy
 _C.AT.LOSS.FEAT_WEIGHT = 1000.0  # weight of the attention-transfer term (loss_feat)
 
+# SP (similarity-preserving): loss_feat = FEAT_WEIGHT * sum((G_t - G_s)^2) / B^2, G the row-normalized B x B
+# Gram matrix of each model's flattened last stage output feats[-1] (kdlab/distillers/sp.py).
+_C.SP = CN()
+_C.SP.LOSS = CN()
+_C.SP.LOSS.CE_WEIGHT = 1.0  # weight of the student's cross-entropy
+_C.SP.LOSS.FEAT_WEIGHT = 3000.0  # weight of the similarity-preserving term (loss_feat)
+
 # ---- the rest of mdistiller's set: reference-compatibility only (REFERENCE_ONLY above). These keys
 # are accepted so that its YAML files load; kdlab does not implement these methods yet.
-
 _C.RKD = CN()
 _C.RKD.DISTANCE_WEIGHT = 25  # distance-wise term weight
 _C.RKD.ANGLE_WEIGHT = 50  # angle-wise term weight
@@ -182,11 +188,6 @@ _C.PKT = CN()
 _C.PKT.LOSS = CN()
 _C.PKT.LOSS.CE_WEIGHT = 1.0  # cross-entropy weight
 _C.PKT.LOSS.FEAT_WEIGHT = 30000.0  # feature loss weight
-
-_C.SP = CN()
-_C.SP.LOSS = CN()
-_C.SP.LOSS.CE_WEIGHT = 1.0  # cross-entropy weight
-_C.SP.LOSS.FEAT_WEIGHT = 3000.0  # feature loss weight
 
 _C.VID = CN()
 _C.VID.LOSS = CN()

@@ -44,6 +44,7 @@ _KD = ("KD.TEMPERATURE", "KD.LOSS.CE_WEIGHT", "KD.LOSS.KD_WEIGHT")
 _DKD = ("DKD.CE_WEIGHT", "DKD.ALPHA", "DKD.BETA", "DKD.T", "DKD.WARMUP")
 _FITNET = ("FITNET.HINT_LAYER", "FITNET.LOSS.CE_WEIGHT", "FITNET.LOSS.FEAT_WEIGHT")
 _AT = ("AT.P", "AT.LOSS.CE_WEIGHT", "AT.LOSS.FEAT_WEIGHT")
+_SP = ("SP.LOSS.CE_WEIGHT", "SP.LOSS.FEAT_WEIGHT")
 CASES = {
     "kd": ("mdistiller", "mdistiller/cifar100/kd.yaml", False, _KD + _SOLVER),
     "kd_ls": ("ls", "logit-standardization-KD/cifar100/kd/resnet32x4_resnet8x4.yaml", True, _KD + _SOLVER),
@@ -53,9 +54,10 @@ CASES = {
     "mlkd_ls": ("ls", "logit-standardization-KD/cifar100/mlkd/resnet32x4_resnet8x4.yaml", True, _KD + _SOLVER),
     "fitnet": ("mdistiller", "mdistiller/cifar100/fitnet.yaml", False, _FITNET + _SOLVER),
     "at": ("mdistiller", "mdistiller/cifar100/at.yaml", False, _AT + _SOLVER),
+    "sp": ("mdistiller", "mdistiller/cifar100/sp.yaml", False, _SP + _SOLVER),
 }
 # The reference's loss names -> kdlab's (FitNet's hint loss is "loss_kd" in mdistiller).
-LOSS_NAMES = {m: {"loss_kd": "loss_feat"} for m in ("fitnet", "at")}
+LOSS_NAMES = {m: {"loss_kd": "loss_feat"} for m in ("fitnet", "at", "sp")}
 
 
 def seeded_tensor(key: str, shape: Sequence, dtype: torch.dtype) -> torch.Tensor:
