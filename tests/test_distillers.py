@@ -37,6 +37,7 @@ LOSS_KEYS = {
     "CONKD": {"loss_ce", "loss_kd", "loss_supcon"},
     "AT": {"loss_ce", "loss_feat"},
     "SP": {"loss_ce", "loss_feat"},
+    "NST": {"loss_ce", "loss_feat"},
 }
 # Parameters each method adds to the digits student with configs/digits/<method>/*.yaml, by hand:
 EXTRA_PARAMS = {
@@ -51,6 +52,7 @@ EXTRA_PARAMS = {
     "CONKD": (32 * 32 + 32) + (32 * 32 + 32),
     "AT": 0,  # attention maps need no connector
     "SP": 0,  # B x B similarity matrices: channel counts may differ
+    "NST": 0,  # a kernel between channels: channel counts may differ
 }
 
 

@@ -11,7 +11,7 @@ from yacs.config import CfgNode as CN
 # Reference-compatibility only: key groups that exist so that mdistiller's YAML files load, for
 # methods and trainers kdlab does not implement yet (naming one of those methods or trainers is
 # refused; these keys change nothing). A group leaves this list when its method is implemented.
-REFERENCE_ONLY = ("RKD", "KDSVD", "OFD", "NST", "PKT", "VID", "CRD", "REVIEWKD", "SOLVER.DOT")
+REFERENCE_ONLY = ("RKD", "KDSVD", "OFD", "PKT", "VID", "CRD", "REVIEWKD", "SOLVER.DOT")
 
 _C = CN()
 
@@ -154,6 +154,13 @@ _C.SP.LOSS = CN()
 _C.SP.LOSS.CE_WEIGHT = 1.0  # weight of the student's cross-entropy
 _C.SP.LOSS.FEAT_WEIGHT = 3000.0  # weight of the similarity-preserving term (loss_feat)
 
+# NST (neuron selectivity transfer): loss_feat = FEAT_WEIGHT * sum over the stage outputs feats[1:] of the squared
+# MMD, polynomial kernel (x.y)^2, between the two maps' L2-normalized channels (kdlab/distillers/nst.py).
+_C.NST = CN()
+_C.NST.LOSS = CN()
+_C.NST.LOSS.CE_WEIGHT = 1.0  # weight of the student's cross-entropy
+_C.NST.LOSS.FEAT_WEIGHT = 50.0  # weight of the neuron-selectivity term (loss_feat)
+
 # ---- the rest of mdistiller's set: reference-compatibility only (REFERENCE_ONLY above). These keys
 # are accepted so that its YAML files load; kdlab does not implement these methods yet.
 _C.RKD = CN()
@@ -178,11 +185,6 @@ _C.OFD.LOSS.CE_WEIGHT = 1.0  # cross-entropy weight
 _C.OFD.LOSS.FEAT_WEIGHT = 0.001  # feature loss weight
 _C.OFD.CONNECTOR = CN()
 _C.OFD.CONNECTOR.KERNEL_SIZE = 1  # connector conv kernel size
-
-_C.NST = CN()
-_C.NST.LOSS = CN()
-_C.NST.LOSS.CE_WEIGHT = 1.0  # cross-entropy weight
-_C.NST.LOSS.FEAT_WEIGHT = 50.0  # feature loss weight
 
 _C.PKT = CN()
 _C.PKT.LOSS = CN()

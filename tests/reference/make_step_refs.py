@@ -45,6 +45,7 @@ _DKD = ("DKD.CE_WEIGHT", "DKD.ALPHA", "DKD.BETA", "DKD.T", "DKD.WARMUP")
 _FITNET = ("FITNET.HINT_LAYER", "FITNET.LOSS.CE_WEIGHT", "FITNET.LOSS.FEAT_WEIGHT")
 _AT = ("AT.P", "AT.LOSS.CE_WEIGHT", "AT.LOSS.FEAT_WEIGHT")
 _SP = ("SP.LOSS.CE_WEIGHT", "SP.LOSS.FEAT_WEIGHT")
+_NST = ("NST.LOSS.CE_WEIGHT", "NST.LOSS.FEAT_WEIGHT")
 CASES = {
     "kd": ("mdistiller", "mdistiller/cifar100/kd.yaml", False, _KD + _SOLVER),
     "kd_ls": ("ls", "logit-standardization-KD/cifar100/kd/resnet32x4_resnet8x4.yaml", True, _KD + _SOLVER),
@@ -55,9 +56,10 @@ CASES = {
     "fitnet": ("mdistiller", "mdistiller/cifar100/fitnet.yaml", False, _FITNET + _SOLVER),
     "at": ("mdistiller", "mdistiller/cifar100/at.yaml", False, _AT + _SOLVER),
     "sp": ("mdistiller", "mdistiller/cifar100/sp.yaml", False, _SP + _SOLVER),
+    "nst": ("mdistiller", "mdistiller/cifar100/nst.yaml", False, _NST + _SOLVER),
 }
 # The reference's loss names -> kdlab's (FitNet's hint loss is "loss_kd" in mdistiller).
-LOSS_NAMES = {m: {"loss_kd": "loss_feat"} for m in ("fitnet", "at", "sp")}
+LOSS_NAMES = {m: {"loss_kd": "loss_feat"} for m in ("fitnet", "at", "sp", "nst")}
 
 
 def seeded_tensor(key: str, shape: Sequence, dtype: torch.dtype) -> torch.Tensor:
