@@ -6,6 +6,8 @@ losses.at_loss(student map, teacher map, AT.P): the mean squared difference of t
 channel means of feat**P, the larger map average-pooled to the smaller one's size first.
 The stages are paired in order and the extra stages of the deeper model are dropped (zip), as in
 mdistiller. No extra parameters; channel counts may differ.
+Difference from mdistiller, for non-square maps only: mdistiller compares the heights and pools the
+larger map to (H, H) of the smaller; kdlab pools to the smaller map's (H, W) (the same for square maps).
 mdistiller names the feature term "loss_kd"; kdlab calls it "loss_feat".
 """
 
