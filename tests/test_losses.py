@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from conftest import reference_table
 
 from kdlab.distillers.losses import (
+    at_loss,
     bc_loss,
     cc_loss,
     dkd_loss,
@@ -25,8 +26,10 @@ from kdlab.distillers.losses import (
     feature_mse_loss,
     kd_loss,
     mlkd_losses,
+    nst_loss,
     pkt_loss,
     rkd_loss,
+    sp_loss,
     standardize,
     supcon_loss,
 )
@@ -204,6 +207,10 @@ def _mlkd_total(sw, ss, tw, ts, logit_stand=False):
     return sum(losses.values())
 
 
+def _maps(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(2, 10, 2, 2)
+
+
 # name -> (function of (students..., teachers...), number of student tensors, number of teachers)
 CASES = {
     "standardize": (lambda s: standardize(s).sum(), 1, 0),
@@ -224,6 +231,10 @@ CASES = {
     "feature_mse": (lambda s, t: feature_mse_loss(s, t), 1, 1),
     "pkt": (lambda s, t: pkt_loss(s, t), 1, 1),
     "rkd": (lambda s, t: rkd_loss(s, t), 1, 1),
+    # AT / NST / SP take feature maps: the 8 x 10 inputs as 2 x 10 x 2 x 2 maps
+    "at": (lambda s, t: at_loss(_maps(s), _maps(t), 2), 1, 1),
+    "nst": (lambda s, t: nst_loss(_maps(s), _maps(t)), 1, 1),
+    "sp": (lambda s, t: sp_loss(_maps(s), _maps(t)), 1, 1),
 }
 
 
@@ -393,3 +404,13 @@ def test_supcon_rejects_unknown_variant():
 def test_feature_mse_loss_is_mean_squared_error():
     s, t = _logits(2, 4, 3, 3, seed=1), _logits(2, 4, 3, 3, seed=2)
     torch.testing.assert_close(feature_mse_loss(s, t), ((s - t) ** 2).mean())
+
+
+def test_at_and_nst_pool_the_larger_map_to_the_smaller_ones_height_and_width():
+    """mdistiller pools to (H, H) (square maps only); kdlab to the smaller map's (H, W)."""
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 3, 8, 4, generator=g), torch.randn(2, 5, 4, 2, generator=g)
+    pooled = F.avg_pool2d(s, 2)
+    torch.testing.assert_close(at_loss(s, t, 2), at_loss(pooled, t, 2))
+    torch.testing.assert_close(nst_loss(s, t), nst_loss(pooled, t))
+    torch.testing.assert_close(at_loss(t, s, 2), at_loss(t, pooled, 2))

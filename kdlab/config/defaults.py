@@ -11,7 +11,7 @@ from yacs.config import CfgNode as CN
 # Reference-compatibility only: key groups that exist so that mdistiller's YAML files load, for
 # methods and trainers kdlab does not implement yet (naming one of those methods or trainers is
 # refused; these keys change nothing). A group leaves this list when its method is implemented.
-REFERENCE_ONLY = ("AT", "OFD", "NST", "SP", "VID", "CRD", "REVIEWKD", "SOLVER.DOT")
+REFERENCE_ONLY = ("OFD", "VID", "CRD", "REVIEWKD", "SOLVER.DOT")
 
 _C = CN()
 
@@ -163,13 +163,30 @@ _C.KDSVD.LOSS = CN()
 _C.KDSVD.LOSS.CE_WEIGHT = 1.0  # weight of the cross-entropy term
 _C.KDSVD.LOSS.FEAT_WEIGHT = 1.0  # weight of the SVD relation term (loss_feat)
 
+# AT (attention transfer): loss_feat = FEAT_WEIGHT * sum over the stage outputs feats[1:] of the mean squared
+# difference of the L2-normalized attention maps mean_c(feat**P) (kdlab/distillers/at.py).
+_C.AT = CN()
+_C.AT.P = 2  # exponent of the activations in the attention map mean_c(feat**P)
+_C.AT.LOSS = CN()
+_C.AT.LOSS.CE_WEIGHT = 1.0  # weight of the student's cross-entropy
+_C.AT.LOSS.FEAT_WEIGHT = 1000.0  # weight of the attention-transfer term (loss_feat)
+
+# SP (similarity-preserving): loss_feat = FEAT_WEIGHT * sum((G_t - G_s)^2) / B^2, G the row-normalized B x B
+# Gram matrix of each model's flattened last stage output feats[-1] (kdlab/distillers/sp.py).
+_C.SP = CN()
+_C.SP.LOSS = CN()
+_C.SP.LOSS.CE_WEIGHT = 1.0  # weight of the student's cross-entropy
+_C.SP.LOSS.FEAT_WEIGHT = 3000.0  # weight of the similarity-preserving term (loss_feat)
+
+# NST (neuron selectivity transfer): loss_feat = FEAT_WEIGHT * sum over the stage outputs feats[1:] of the squared
+# MMD, polynomial kernel (x.y)^2, between the two maps' L2-normalized channels (kdlab/distillers/nst.py).
+_C.NST = CN()
+_C.NST.LOSS = CN()
+_C.NST.LOSS.CE_WEIGHT = 1.0  # weight of the student's cross-entropy
+_C.NST.LOSS.FEAT_WEIGHT = 50.0  # weight of the neuron-selectivity term (loss_feat)
+
 # ---- the rest of mdistiller's set: reference-compatibility only (REFERENCE_ONLY above). These keys
 # are accepted so that its YAML files load; kdlab does not implement these methods yet.
-_C.AT = CN()
-_C.AT.P = 2  # attention map exponent
-_C.AT.LOSS = CN()
-_C.AT.LOSS.CE_WEIGHT = 1.0  # cross-entropy weight
-_C.AT.LOSS.FEAT_WEIGHT = 1000.0  # feature loss weight
 
 _C.OFD = CN()
 _C.OFD.LOSS = CN()
@@ -178,15 +195,6 @@ _C.OFD.LOSS.FEAT_WEIGHT = 0.001  # feature loss weight
 _C.OFD.CONNECTOR = CN()
 _C.OFD.CONNECTOR.KERNEL_SIZE = 1  # connector conv kernel size
 
-_C.NST = CN()
-_C.NST.LOSS = CN()
-_C.NST.LOSS.CE_WEIGHT = 1.0  # cross-entropy weight
-_C.NST.LOSS.FEAT_WEIGHT = 50.0  # feature loss weight
-
-_C.SP = CN()
-_C.SP.LOSS = CN()
-_C.SP.LOSS.CE_WEIGHT = 1.0  # cross-entropy weight
-_C.SP.LOSS.FEAT_WEIGHT = 3000.0  # feature loss weight
 
 _C.VID = CN()
 _C.VID.LOSS = CN()

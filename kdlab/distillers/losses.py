@@ -409,3 +409,71 @@ def kdsvd_loss(student_feats, teacher_feats, k: int) -> torch.Tensor:
         if total is None:
             raise ValueError("KDSVD needs at least two pairs of feature maps")
         return total
+# ---------------------------------------------------------------- feature-map relations (mdistiller's AT, NST, SP)
+
+
+def _match_spatial(f_s: torch.Tensor, f_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average-pool the larger of two maps down to the other's size, compared by height as mdistiller does.
+
+    mdistiller pools to (H, H) (square maps assumed); kdlab pools to the smaller map's (H, W),
+    the same for square maps and correct for others.
+    """
+    s_h, t_h = f_s.shape[2], f_t.shape[2]
+    if s_h > t_h:
+        f_s = F.adaptive_avg_pool2d(f_s, tuple(f_t.shape[2:]))
+    elif s_h < t_h:
+        f_t = F.adaptive_avg_pool2d(f_t, tuple(f_s.shape[2:]))
+    return f_s, f_t
+
+
+def _attention_map(feat: torch.Tensor, p: float) -> torch.Tensor:
+    return F.normalize(feat.pow(p).mean(1).reshape(feat.size(0), -1))
+
+
+def at_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, p: float) -> torch.Tensor:
+    """Attention transfer for one pair of maps (Zagoruyko & Komodakis ICLR 2017), as mdistiller's single_stage_at_loss.
+
+    Attention map = L2-normalized (over positions) channel mean of feat**p; the loss is the mean over
+    batch and positions of the squared difference of the two maps (the larger map pooled first).
+    """
+    with torch.autocast(device_type=student_feat.device.type, enabled=False):
+        f_s, f_t = _match_spatial(_f32(student_feat), _f32(teacher_feat).detach())
+        return (_attention_map(f_s, p) - _attention_map(f_t, p)).pow(2).mean()
+
+
+def _poly_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a.unsqueeze(1) * b.unsqueeze(2)).sum(-1).pow(2)
+
+
+def nst_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
+    """Neuron selectivity transfer for one pair of maps (Huang & Wang 2017), as mdistiller's single_stage_nst_loss.
+
+    Squared MMD with the polynomial kernel k(x, y) = (x.y)^2 between the channels of the two maps,
+    each channel's spatial activations L2-normalized (the larger map pooled first):
+    mean k(t, t) + mean k(s, s) - 2 mean k(s, t), each mean over the batch and channel pairs.
+    """
+    with torch.autocast(device_type=student_feat.device.type, enabled=False):
+        f_s, f_t = _match_spatial(_f32(student_feat), _f32(teacher_feat).detach())
+        f_s = F.normalize(f_s.reshape(f_s.shape[0], f_s.shape[1], -1), dim=2)
+        f_t = F.normalize(f_t.reshape(f_t.shape[0], f_t.shape[1], -1), dim=2)
+        return (
+            _poly_kernel(f_t, f_t).mean().detach()
+            + _poly_kernel(f_s, f_s).mean()
+            - 2 * _poly_kernel(f_s, f_t).mean()
+        )
+
+
+def sp_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
+    """Similarity-preserving loss (Tung & Mori ICCV 2019), as mdistiller's similarity_loss.
+
+    G = row-L2-normalized B x B Gram matrix of the flattened features; the loss is
+    sum((G_t - G_s)^2) / B^2. mdistiller returns a 1-element tensor; this returns the same value as a scalar.
+    """
+    with torch.autocast(device_type=student_feat.device.type, enabled=False):
+        bsz = student_feat.shape[0]
+        f_s = _f32(student_feat).reshape(bsz, -1)
+        f_t = _f32(teacher_feat).detach().reshape(bsz, -1)
+        g_s = F.normalize(torch.mm(f_s, torch.t(f_s)))
+        g_t = F.normalize(torch.mm(f_t, torch.t(f_t)))
+        g_diff = g_t - g_s
+        return (g_diff * g_diff).view(-1, 1).sum(0).sum() / (bsz * bsz)

@@ -47,6 +47,9 @@ _PKT = ("PKT.LOSS.CE_WEIGHT", "PKT.LOSS.FEAT_WEIGHT")
 _RKD = ("RKD.DISTANCE_WEIGHT", "RKD.ANGLE_WEIGHT", "RKD.LOSS.CE_WEIGHT", "RKD.LOSS.FEAT_WEIGHT",
         "RKD.PDIST.EPSILON", "RKD.PDIST.SQUARED")
 _KDSVD = ("KDSVD.K", "KDSVD.LOSS.CE_WEIGHT", "KDSVD.LOSS.FEAT_WEIGHT")
+_AT = ("AT.P", "AT.LOSS.CE_WEIGHT", "AT.LOSS.FEAT_WEIGHT")
+_SP = ("SP.LOSS.CE_WEIGHT", "SP.LOSS.FEAT_WEIGHT")
+_NST = ("NST.LOSS.CE_WEIGHT", "NST.LOSS.FEAT_WEIGHT")
 CASES = {
     "kd": ("mdistiller", "mdistiller/cifar100/kd.yaml", False, _KD + _SOLVER),
     "kd_ls": ("ls", "logit-standardization-KD/cifar100/kd/resnet32x4_resnet8x4.yaml", True, _KD + _SOLVER),
@@ -58,9 +61,12 @@ CASES = {
     "pkt": ("mdistiller", "mdistiller/cifar100/pkt.yaml", False, _PKT + _SOLVER),
     "rkd": ("mdistiller", "mdistiller/cifar100/rkd.yaml", False, _RKD + _SOLVER),
     "kdsvd": ("mdistiller", "mdistiller/cifar100/kdsvd.yaml", False, _KDSVD + _SOLVER),
+    "at": ("mdistiller", "mdistiller/cifar100/at.yaml", False, _AT + _SOLVER),
+    "sp": ("mdistiller", "mdistiller/cifar100/sp.yaml", False, _SP + _SOLVER),
+    "nst": ("mdistiller", "mdistiller/cifar100/nst.yaml", False, _NST + _SOLVER),
 }
 # The reference's loss names -> kdlab's (mdistiller calls every feature term "loss_kd").
-LOSS_NAMES = {case: {"loss_kd": "loss_feat"} for case in ("fitnet", "pkt", "rkd", "kdsvd")}
+LOSS_NAMES = {case: {"loss_kd": "loss_feat"} for case in ("fitnet", "pkt", "rkd", "kdsvd", "at", "sp", "nst")}
 
 
 def seeded_tensor(key: str, shape: Sequence, dtype: torch.dtype) -> torch.Tensor:

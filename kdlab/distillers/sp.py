@@ -1,0 +1,34 @@
+"""SP: similarity-preserving distillation (Tung & Mori ICCV 2019), as mdistiller's SP.
+
+loss_ce = SP.LOSS.CE_WEIGHT * CE;
+loss_feat = SP.LOSS.FEAT_WEIGHT * losses.sp_loss(student's last stage output, teacher's) on
+feats["feats"][-1]: the squared difference of the row-normalized B x B similarity (Gram) matrices of
+the flattened maps, summed and divided by B^2. No extra parameters; the two maps may differ in
+channels and size. mdistiller returns the term as a 1-element tensor; kdlab's is a scalar of the
+same value. mdistiller names the feature term "loss_kd"; kdlab calls it "loss_feat".
+"""
+
+from __future__ import annotations
+
+from kdlab.distillers.base import Distiller, cross_entropy
+from kdlab.distillers.build import DISTILLERS
+from kdlab.distillers.losses import sp_loss
+
+
+@DISTILLERS.register("SP")
+class SP(Distiller):
+    def __init__(self, student, teacher, ce_weight: float, feat_weight: float):
+        super().__init__(student, teacher)
+        self.ce_weight, self.feat_weight = ce_weight, feat_weight
+
+    @classmethod
+    def from_config(cls, cfg, student, teacher, facts):
+        return cls(student, teacher, ce_weight=cfg.SP.LOSS.CE_WEIGHT, feat_weight=cfg.SP.LOSS.FEAT_WEIGHT)
+
+    def forward_train(self, image, target, **extras):
+        logits_student, feats_student = self.student(image)
+        _, feats_teacher = self.teacher_forward(image)
+        return logits_student, {
+            "loss_ce": self.ce_weight * cross_entropy(logits_student, target),
+            "loss_feat": self.feat_weight * sp_loss(feats_student["feats"][-1], feats_teacher["feats"][-1]),
+        }
