@@ -13,28 +13,23 @@ mdistiller names the feature term "loss_kd"; kdlab calls it "loss_feat".
 
 from __future__ import annotations
 
-from kdlab.distillers.base import Distiller, cross_entropy
+from kdlab.distillers.base import FeatureDistiller
 from kdlab.distillers.build import DISTILLERS
 from kdlab.distillers.losses import at_loss
 
 
 @DISTILLERS.register("AT")
-class AT(Distiller):
-    def __init__(self, student, teacher, p: float, ce_weight: float, feat_weight: float):
-        super().__init__(student, teacher)
-        self.p, self.ce_weight, self.feat_weight = p, ce_weight, feat_weight
+class AT(FeatureDistiller):
+    group = "AT"
+
+    def __init__(self, student, teacher, ce_weight: float, feat_weight: float, p: float = 2):
+        super().__init__(student, teacher, ce_weight, feat_weight)
+        self.p = p
 
     @classmethod
-    def from_config(cls, cfg, student, teacher, facts):
-        return cls(
-            student, teacher, p=cfg.AT.P, ce_weight=cfg.AT.LOSS.CE_WEIGHT, feat_weight=cfg.AT.LOSS.FEAT_WEIGHT
-        )
+    def options(cls, node):
+        return {"p": node.P}
 
-    def forward_train(self, image, target, **extras):
-        logits_student, feats_student = self.student(image)
-        _, feats_teacher = self.teacher_forward(image)
+    def feature_loss(self, feats_student, feats_teacher):
         pairs = zip(feats_student["feats"][1:], feats_teacher["feats"][1:])
-        return logits_student, {
-            "loss_ce": self.ce_weight * cross_entropy(logits_student, target),
-            "loss_feat": self.feat_weight * sum(at_loss(f_s, f_t, self.p) for f_s, f_t in pairs),
-        }
+        return sum(at_loss(f_s, f_t, self.p) for f_s, f_t in pairs)

@@ -129,3 +129,41 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, **kwargs: Any) -> 
         total = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
         return total / (target != IGNORE_INDEX).sum().clamp_min(1)
     return F.cross_entropy(logits, target, **kwargs)
+
+
+class FeatureDistiller(Distiller):
+    """CE + a weighted feature term: the shape of mdistiller's feature methods (AT, NST, SP, PKT, RKD, KDSVD).
+
+    loss_ce = <GROUP>.LOSS.CE_WEIGHT * CE; loss_feat = <GROUP>.LOSS.FEAT_WEIGHT * feature_loss(student
+    feats, teacher feats), the group being the config group named by `group`. A method sets `group`,
+    defines `feature_loss` and, for keys of its group other than LOSS.*, `options` (constructor keyword
+    arguments). mdistiller names the feature term "loss_kd"; kdlab calls it "loss_feat".
+    """
+
+    group: str = ""  # the config group holding LOSS.CE_WEIGHT, LOSS.FEAT_WEIGHT and the method's keys
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, ce_weight: float, feat_weight: float) -> None:
+        super().__init__(student, teacher)
+        self.ce_weight, self.feat_weight = ce_weight, feat_weight
+
+    @classmethod
+    def options(cls, node: CfgNode) -> dict:
+        """The method's own keys of its config group, as constructor keyword arguments."""
+        return {}
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, student: nn.Module, teacher: nn.Module, facts: DatasetFacts) -> Distiller:
+        node = cfg[cls.group]
+        return cls(student, teacher, ce_weight=node.LOSS.CE_WEIGHT, feat_weight=node.LOSS.FEAT_WEIGHT,
+                   **cls.options(node))
+
+    def feature_loss(self, feats_student: dict, feats_teacher: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_train(self, image: Any, target: torch.Tensor, **extras: Any):
+        logits_student, feats_student = self.student(image)
+        _, feats_teacher = self.teacher_forward(image)
+        return logits_student, {
+            "loss_ce": self.ce_weight * cross_entropy(logits_student, target),
+            "loss_feat": self.feat_weight * self.feature_loss(feats_student, feats_teacher),
+        }

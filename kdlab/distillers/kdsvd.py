@@ -15,29 +15,27 @@ No extra trainable modules. mdistiller names the feature term "loss_kd"; kdlab c
 
 from __future__ import annotations
 
-from kdlab.distillers.base import Distiller, cross_entropy
+from kdlab.distillers.base import FeatureDistiller
 from kdlab.distillers.build import DISTILLERS
 from kdlab.distillers.losses import kdsvd_loss
 from kdlab.errors import ConfigError
 
 
 @DISTILLERS.register("KDSVD")
-class KDSVD(Distiller):
-    def __init__(self, student, teacher, k: int, ce_weight: float, feat_weight: float):
-        super().__init__(student, teacher)
+class KDSVD(FeatureDistiller):
+    group = "KDSVD"
+
+    def __init__(self, student, teacher, ce_weight: float, feat_weight: float, k: int = 1):
+        super().__init__(student, teacher, ce_weight, feat_weight)
         if k < 1:
             raise ConfigError(f"KDSVD.K must be a positive number of singular vectors, got {k}")
-        self.k, self.ce_weight, self.feat_weight = k, ce_weight, feat_weight
+        self.k = k
 
     @classmethod
-    def from_config(cls, cfg, student, teacher, facts):
-        return cls(
-            student, teacher, k=cfg.KDSVD.K, ce_weight=cfg.KDSVD.LOSS.CE_WEIGHT, feat_weight=cfg.KDSVD.LOSS.FEAT_WEIGHT
-        )
+    def options(cls, node):
+        return {"k": node.K}
 
-    def forward_train(self, image, target, **extras):
-        logits_student, feats_student = self.student(image)
-        _, feats_teacher = self.teacher_forward(image)
+    def feature_loss(self, feats_student, feats_teacher):
         maps_s, maps_t = feats_student["feats"][1:], feats_teacher["feats"][1:]
         for i, (f_s, f_t) in enumerate(zip(maps_s, maps_t)):
             if f_s.shape[-1] != f_t.shape[-1]:
@@ -48,7 +46,4 @@ class KDSVD(Distiller):
                 )
         if min(len(maps_s), len(maps_t)) < 2:
             raise ConfigError("KDSVD needs at least two stages in both models (it relates consecutive stages)")
-        return logits_student, {
-            "loss_ce": self.ce_weight * cross_entropy(logits_student, target),
-            "loss_feat": self.feat_weight * kdsvd_loss(maps_s, maps_t, self.k),
-        }
+        return kdsvd_loss(maps_s, maps_t, self.k)

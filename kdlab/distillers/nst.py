@@ -13,26 +13,15 @@ mdistiller names the feature term "loss_kd"; kdlab calls it "loss_feat".
 
 from __future__ import annotations
 
-from kdlab.distillers.base import Distiller, cross_entropy
+from kdlab.distillers.base import FeatureDistiller
 from kdlab.distillers.build import DISTILLERS
 from kdlab.distillers.losses import nst_loss
 
 
 @DISTILLERS.register("NST")
-class NST(Distiller):
-    def __init__(self, student, teacher, ce_weight: float, feat_weight: float):
-        super().__init__(student, teacher)
-        self.ce_weight, self.feat_weight = ce_weight, feat_weight
+class NST(FeatureDistiller):
+    group = "NST"
 
-    @classmethod
-    def from_config(cls, cfg, student, teacher, facts):
-        return cls(student, teacher, ce_weight=cfg.NST.LOSS.CE_WEIGHT, feat_weight=cfg.NST.LOSS.FEAT_WEIGHT)
-
-    def forward_train(self, image, target, **extras):
-        logits_student, feats_student = self.student(image)
-        _, feats_teacher = self.teacher_forward(image)
+    def feature_loss(self, feats_student, feats_teacher):
         pairs = zip(feats_student["feats"][1:], feats_teacher["feats"][1:])
-        return logits_student, {
-            "loss_ce": self.ce_weight * cross_entropy(logits_student, target),
-            "loss_feat": self.feat_weight * sum(nst_loss(f_s, f_t) for f_s, f_t in pairs),
-        }
+        return sum(nst_loss(f_s, f_t) for f_s, f_t in pairs)

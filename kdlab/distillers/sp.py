@@ -10,25 +10,14 @@ same value. mdistiller names the feature term "loss_kd"; kdlab calls it "loss_fe
 
 from __future__ import annotations
 
-from kdlab.distillers.base import Distiller, cross_entropy
+from kdlab.distillers.base import FeatureDistiller
 from kdlab.distillers.build import DISTILLERS
 from kdlab.distillers.losses import sp_loss
 
 
 @DISTILLERS.register("SP")
-class SP(Distiller):
-    def __init__(self, student, teacher, ce_weight: float, feat_weight: float):
-        super().__init__(student, teacher)
-        self.ce_weight, self.feat_weight = ce_weight, feat_weight
+class SP(FeatureDistiller):
+    group = "SP"
 
-    @classmethod
-    def from_config(cls, cfg, student, teacher, facts):
-        return cls(student, teacher, ce_weight=cfg.SP.LOSS.CE_WEIGHT, feat_weight=cfg.SP.LOSS.FEAT_WEIGHT)
-
-    def forward_train(self, image, target, **extras):
-        logits_student, feats_student = self.student(image)
-        _, feats_teacher = self.teacher_forward(image)
-        return logits_student, {
-            "loss_ce": self.ce_weight * cross_entropy(logits_student, target),
-            "loss_feat": self.feat_weight * sp_loss(feats_student["feats"][-1], feats_teacher["feats"][-1]),
-        }
+    def feature_loss(self, feats_student, feats_teacher):
+        return sp_loss(feats_student["feats"][-1], feats_teacher["feats"][-1])
