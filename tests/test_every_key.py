@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import REPO
 
-from kdlab.config import get_cfg, load_cfg
+from kdlab.config import flatten, get_cfg, load_cfg
 from kdlab.config.defaults import REFERENCE_ONLY
 from kdlab.config.validate import TRAINERS_NOT_YET_IMPLEMENTED
 from kdlab.distillers.build import DISTILLERS
@@ -118,13 +118,6 @@ NOT_SEEN_IN_A_DIGITS_RUN = {
                          "pairs whose feature maps differ in size at the hint layer, which the digits pair does not",
     "FEATKD.INPUT_SIZE": "as FITNET.INPUT_SIZE (FEATKD's connectors pool or upsample to the teacher's size)",
 }
-
-
-def leaf_keys(node, prefix: str = "") -> list[str]:
-    out = []
-    for k, v in node.items():
-        out += leaf_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
-    return out
 
 
 def _value(key: str, current, ckpts: dict):
@@ -272,7 +265,7 @@ def test_every_key_changes_behaviour_or_is_reference_only_or_refused(tmp_path, m
         return fingerprint(rec, cfg, root)
 
     outcome, unchanged = {}, []
-    for key in leaf_keys(get_cfg()):
+    for key in list(flatten(get_cfg())):
         if any(key == g or key.startswith(g + ".") for g in REFERENCE_ONLY):
             outcome[key] = "reference-only"
             continue
@@ -305,5 +298,5 @@ def test_every_key_changes_behaviour_or_is_reference_only_or_refused(tmp_path, m
                 unchanged.append(f"{key} = {value!r} (context {method} {extra})")
             outcome[key] = "changes"
     assert not unchanged, f"these changed nothing in a digits run: {unchanged}"
-    assert set(outcome) == set(leaf_keys(get_cfg()))
+    assert set(outcome) == set(list(flatten(get_cfg())))
     assert {k for k, v in outcome.items() if v == "refused"} == REFUSED_AT_LOAD

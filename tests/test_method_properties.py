@@ -18,7 +18,7 @@ import torch
 import yaml
 from yacs.config import CfgNode
 
-from kdlab.config import get_cfg, load_cfg
+from kdlab.config import flatten, get_cfg, load_cfg
 from kdlab.data import DatasetSplits
 from kdlab.distillers import DISTILLERS, DatasetFacts, build_distiller, dataset_facts
 from kdlab.engine.builder import build_everything, build_splits
@@ -43,16 +43,6 @@ def digits_yaml(method: str) -> Path:
 
 def digits_cfg(method: str, opts=(), **kwargs) -> CfgNode:
     return load_cfg(str(digits_yaml(method)), DIGITS + list(opts), **kwargs)
-
-
-def _flat(node: CfgNode, prefix: str = "") -> dict:
-    out = {}
-    for key, value in node.items():
-        if isinstance(value, CfgNode):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
 
 
 def test_every_method_declares_its_properties():
@@ -85,14 +75,14 @@ def test_logit_stand_is_applied_by_the_class_or_refused(method):
         with pytest.raises(ConfigError, match="does not use it"):
             build_distiller(digits_cfg(method, ["EXPERIMENT.LOGIT_STAND", "True"]), build_model("digits_student", 10))
         return
-    plain = _flat(digits_cfg(method))
-    changed = {
-        k for k, v in _flat(digits_cfg(method, logit_stand=True, base_temp=3.5, kd_weight=7.0)).items() if v != plain[k]
-    }
+    plain = flatten(digits_cfg(method))
+    standardized = flatten(digits_cfg(method, logit_stand=True, base_temp=3.5, kd_weight=7.0))
+    changed = {k for k, v in standardized.items() if v != plain[k]}
     assert "EXPERIMENT.LOGIT_STAND" in changed and len(changed) >= 2, changed
     # Only keys of the method's own config group(s), never solver, data or model keys.
     assert all(k.split(".")[0] not in ("SOLVER", "DATASET", "DISTILLER", "LOG") for k in changed), changed
-    assert any(v == 3.5 for k, v in _flat(digits_cfg(method, logit_stand=True, base_temp=3.5)).items() if k in changed)
+    temp_only = flatten(digits_cfg(method, logit_stand=True, base_temp=3.5))
+    assert any(v == 3.5 for k, v in temp_only.items() if k in changed)
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -201,6 +201,17 @@ def load_cfg(
     return cfg
 
 
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"A": {"B": 1}} (a dict, a CfgNode or YAML read as dicts) -> {"A.B": 1}."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def run_name(cfg: CN) -> str:
     """The run folder name: EXPERIMENT.NAME, else EXPERIMENT.TAG."""
     return cfg.EXPERIMENT.NAME or cfg.EXPERIMENT.TAG

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import platform
-import random
 import statistics
 import tempfile
 import time
@@ -27,9 +26,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import numpy as np
 import torch
 from yacs.config import CfgNode
+
+from kdlab.engine.trainer import rng_state, set_rng_state
 
 log = logging.getLogger("kdlab")
 
@@ -403,13 +403,8 @@ def _first_steps(make_step, cands: list[Choice], n: int, timed) -> tuple[dict, d
 def preserved_rng() -> Iterator[None]:
     """Restore the torch (CPU and CUDA), numpy and python RNG states on exit: the trial draws no numbers
     that the run would otherwise have drawn."""
-    states = (torch.get_rng_state(), np.random.get_state(), random.getstate(),
-              torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    state = rng_state()
     try:
         yield
     finally:
-        torch.set_rng_state(states[0])
-        np.random.set_state(states[1])
-        random.setstate(states[2])
-        if states[3] is not None:
-            torch.cuda.set_rng_state_all(states[3])
+        set_rng_state(state)

@@ -14,7 +14,7 @@ from typing import Optional
 import yaml
 from yacs.config import CfgNode
 
-from kdlab.config import get_cfg, hooks
+from kdlab.config import flatten, get_cfg, hooks
 from kdlab.config import run_dir as configured_run_dir
 from kdlab.data import build_dataloaders
 from kdlab.engine import distributed as dist_utils
@@ -90,16 +90,6 @@ def prepare_run_dir(path: str) -> None:
         ) from None
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _resume_neutral(key: str) -> bool:
     return any(key == n or (n.endswith(".") and key.startswith(n)) for n in RESUME_NEUTRAL_KEYS)
 
@@ -110,9 +100,9 @@ def check_resume_config(cfg: CfgNode, saved_yaml: str, source: str) -> None:
     Keys in RESUME_NEUTRAL_KEYS may differ; "auto" for a RESOLVED_AT_START key matches the value
     the run resolved; a key the run's config lacks (an older kdlab) counts as its default.
     """
-    saved = _flat(yaml.safe_load(saved_yaml) or {})
-    defaults = _flat(yaml.safe_load(get_cfg().dump()))
-    for key, value in _flat(yaml.safe_load(cfg.dump())).items():
+    saved = flatten(yaml.safe_load(saved_yaml) or {})
+    defaults = flatten(yaml.safe_load(get_cfg().dump()))
+    for key, value in flatten(yaml.safe_load(cfg.dump())).items():
         old = saved.get(key, defaults.get(key, value))
         if _resume_neutral(key) or (key in RESOLVED_AT_START and value == "auto") or old == value:
             continue
