@@ -11,7 +11,7 @@ from yacs.config import CfgNode as CN
 # Reference-compatibility only: key groups that exist so that mdistiller's YAML files load, for
 # methods and trainers kdlab does not implement yet (naming one of those methods or trainers is
 # refused; these keys change nothing). A group leaves this list when its method is implemented.
-REFERENCE_ONLY = ("OFD", "VID", "CRD", "REVIEWKD", "SOLVER.DOT")
+REFERENCE_ONLY = ("OFD", "VID", "REVIEWKD", "SOLVER.DOT")
 
 _C = CN()
 
@@ -51,7 +51,7 @@ _C.DISTILLER.TEACHER_KWARGS = CN(new_allowed=True)  # extra keyword args for the
 
 # ---------------------------------------------------------------- solver
 _C.SOLVER = CN()
-_C.SOLVER.TRAINER = "base"  # base | aug | ours (two views, MLKD); mdistiller's crd, dot: not implemented yet
+_C.SOLVER.TRAINER = "base"  # base | aug | ours (two views, MLKD) | crd (= base: batches carry the index); dot: not yet
 _C.SOLVER.BATCH_SIZE = 64  # global batch; under torchrun split evenly over ranks
 _C.SOLVER.EPOCHS = 240  # total training epochs
 _C.SOLVER.LR = 0.05  # base learning rate (for SOLVER.BATCH_SIZE)
@@ -204,19 +204,19 @@ _C.VID.EPS = 1e-5  # variance floor
 _C.VID.INIT_PRED_VAR = 5.0  # initial predicted variance
 _C.VID.INPUT_SIZE = (32, 32)  # input size used to probe feature shapes
 
-_C.CRD = CN()
-_C.CRD.MODE = "exact"  # exact | relax
+_C.CRD = CN()  # CRD (contrastive representation distillation; implemented: kdlab/distillers/crd.py)
+_C.CRD.MODE = "exact"  # positive of each sample: exact = the sample itself, relax = a random sample of its class
 _C.CRD.FEAT = CN()
-_C.CRD.FEAT.DIM = 128  # embedding dimension
-_C.CRD.FEAT.STUDENT_DIM = 256  # student pooled-feature dimension
-_C.CRD.FEAT.TEACHER_DIM = 256  # teacher pooled-feature dimension
+_C.CRD.FEAT.DIM = 128  # embedding (and memory-bank row) dimension of both heads
+_C.CRD.FEAT.STUDENT_DIM = 256  # input of the student's head: its pooled-feature size (resnet8x4: 256)
+_C.CRD.FEAT.TEACHER_DIM = 256  # input of the teacher's head: its pooled-feature size (resnet32x4: 256)
 _C.CRD.LOSS = CN()
-_C.CRD.LOSS.CE_WEIGHT = 1.0  # cross-entropy weight
-_C.CRD.LOSS.FEAT_WEIGHT = 0.8  # feature loss weight
+_C.CRD.LOSS.CE_WEIGHT = 1.0  # weight of the cross-entropy term loss_ce
+_C.CRD.LOSS.FEAT_WEIGHT = 0.8  # weight of the contrastive term loss_feat (student + teacher NCE)
 _C.CRD.NCE = CN()
-_C.CRD.NCE.K = 16384  # negatives per anchor
-_C.CRD.NCE.MOMENTUM = 0.5  # memory-bank momentum
-_C.CRD.NCE.TEMPERATURE = 0.07  # NCE temperature
+_C.CRD.NCE.K = 16384  # negatives per sample, drawn from other classes (with replacement if fewer exist)
+_C.CRD.NCE.MOMENTUM = 0.5  # memory-bank update: row = normalize(MOMENTUM * row + (1 - MOMENTUM) * embedding)
+_C.CRD.NCE.TEMPERATURE = 0.07  # contrast scores are exp(bank row . embedding / TEMPERATURE)
 
 _C.REVIEWKD = CN()
 _C.REVIEWKD.CE_WEIGHT = 1.0  # cross-entropy weight

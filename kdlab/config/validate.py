@@ -10,10 +10,12 @@ from kdlab.config import hooks
 from kdlab.errors import ConfigError
 from kdlab.registry import closest_names
 
-# SOLVER.TRAINER: base (one view), aug/ours (two views, MLKD). mdistiller's crd and dot trainers
-# are not implemented yet and refused, so that no config value is silently ignored.
-TRAINERS = ("base", "aug", "ours")
-TRAINERS_NOT_YET_IMPLEMENTED = ("crd", "dot")
+# SOLVER.TRAINER: base (one view), aug/ours (two views, MLKD). crd is mdistiller's CRD trainer, which
+# only adds each sample's index and contrast indices to the batch: in kdlab every batch carries the
+# index and CRD draws its contrast indices itself, so crd is the base trainer (and CRD runs under base
+# too). mdistiller's dot trainer is not implemented yet and refused, so that no value is silently ignored.
+TRAINERS = ("base", "aug", "ours", "crd")
+TRAINERS_NOT_YET_IMPLEMENTED = ("dot",)
 TWO_VIEW_TRAINERS = ("aug", "ours")  # the reference code's trainers that feed two views per image
 # Keys whose valid names are registered by the packages that own them (kdlab.config.hooks), in checking order.
 REGISTERED_NAME_KEYS = (

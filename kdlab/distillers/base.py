@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -24,6 +24,8 @@ class DatasetFacts:
 
     num_classes: Optional[int] = None
     num_train: Optional[int] = None  # training samples: the size of a memory bank indexed by `index`
+    # the class of each training sample, by `index` (int64 tensor; CRD's negatives come from other classes)
+    train_targets: Optional[torch.Tensor] = field(default=None, compare=False, repr=False)
     input_size: Optional[tuple[int, int]] = None  # (H, W) of the training images
     in_channels: Optional[int] = None
     task: str = "classification"  # classification | segmentation
@@ -88,6 +90,10 @@ class Distiller(nn.Module):
     def extra_modules(self) -> Iterator[nn.Module]:
         """Trainable modules other than the student (connectors, projection heads)."""
         return (m for name, m in self.named_children() if name not in ("student", "teacher"))
+
+    def self_synced_buffers(self) -> list[str]:
+        """Buffers the method itself keeps equal on every rank (e.g. a gathered memory bank): DDP skips them."""
+        return []
 
     def learnable_parameters(self) -> list[nn.Parameter]:
         params = list(self.student.parameters())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 import torch.nn as nn
 from yacs.config import CfgNode
 
@@ -17,7 +18,7 @@ DISTILLERS = Registry("distiller")
 # mdistiller / logit-standardization-KD names that kdlab reads as another registered method.
 ALIASES = {"KD_ours": "MLKD"}
 # Methods of the reference code that configs may name but kdlab does not implement yet.
-NOT_YET_IMPLEMENTED = ("CRD", "DKD_aug", "OFD", "REVIEWKD", "VID", "Sonly")
+NOT_YET_IMPLEMENTED = ("DKD_aug", "OFD", "REVIEWKD", "VID", "Sonly")
 
 
 def resolve_method(name: str) -> str:
@@ -49,10 +50,17 @@ def dataset_facts(splits) -> DatasetFacts:
     return DatasetFacts(
         num_classes=splits.num_classes,
         num_train=len(splits.train),
+        train_targets=_targets(splits.train),
         input_size=tuple(splits.input_size),
         in_channels=splits.in_channels,
         task=splits.task,
     )
+
+
+def _targets(dataset) -> Optional[torch.Tensor]:
+    """The class of every training sample (a dataset's `targets`), or None where it has none."""
+    targets = getattr(dataset, "targets", None)
+    return None if targets is None else torch.as_tensor(targets, dtype=torch.int64)
 
 
 def configured_dataset_facts(cfg: CfgNode) -> DatasetFacts:

@@ -312,9 +312,11 @@ def wrap_distributed(cfg: CfgNode, distiller, device):
                 "SOLVER.SYNC_BN needs CUDA (torch's SyncBatchNorm runs on GPUs only); set it False on CPU"
             )
         distiller.student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(distiller.student)
+    ignored = distiller.self_synced_buffers()  # e.g. CRD's bank, updated from all ranks' gathered batches
     if distiller.teacher is not None:
-        ignored = [f"teacher.{n}" for n, _ in distiller.teacher.named_parameters()]
+        ignored += [f"teacher.{n}" for n, _ in distiller.teacher.named_parameters()]
         ignored += [f"teacher.{n}" for n, _ in distiller.teacher.named_buffers()]
+    if ignored:
         DDP._set_params_and_buffers_to_ignore_for_model(distiller, ignored)
     device_ids = [device.index if device.index is not None else 0] if device.type == "cuda" else None
     return DDP(distiller, device_ids=device_ids)
