@@ -65,6 +65,7 @@ def test_peer_yaml_resolves_like_the_reference(case, peer_config_dir):
     peer = Path(peer_config_dir) / ref["peer_config"]
     assert peer.is_file(), f"{ref['peer_config']} is not in tests/reference/peer_configs.json"
     opts = ["DISTILLER.TEACHER", REFS["teacher"], "DISTILLER.STUDENT", REFS["student"]]
+    opts += [str(v) for v in refs.CASE_OPTS.get(case, ())]  # keys fitted to the small models, as the reference's
     cfg = load_cfg(str(peer), opts, logit_stand=ref["logit_stand"])
     assert cfg.EXPERIMENT.LOGIT_STAND == ref["logit_stand"]
     for key, value in ref["config"].items():
@@ -84,12 +85,11 @@ def test_steps_match_reference(case):
     torch.manual_seed(0)
     student = build_model(REFS["student"], REFS["num_classes"])
     teacher = build_model(REFS["teacher"], REFS["num_classes"])
-    facts = DatasetFacts(num_classes=REFS["num_classes"], input_size=(refs.SIZE, refs.SIZE), in_channels=3)
+    facts = DatasetFacts(num_classes=REFS["num_classes"], input_size=(refs.SIZE, refs.SIZE), in_channels=3,
+                         num_train=refs.NUM_DATA, train_targets=refs.train_targets())
     distiller = build_distiller(cfg, student, teacher, facts=facts).to(refs.DTYPE)
-    refs.load_seeded(distiller.teacher, "teacher.")
+    refs.seed_trained(distiller, case)
     modules = refs.trained_modules(distiller, case)
-    for name, module in modules.items():
-        refs.load_seeded(module, name + ".")
     before = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in modules.items()}
     distiller.train()
     optimizer = build_optimizer(distiller.learnable_parameters(), cfg)
@@ -97,7 +97,8 @@ def test_steps_match_reference(case):
     for step, epoch in enumerate(REFS["step_epochs"]):
         set_lr(optimizer, schedule.lr(epoch))
         image, target = refs.step_batch(step, distiller.two_views)
-        _, losses = distiller(image, target, epoch=epoch, index=torch.arange(len(target)))
+        extras = {"index": torch.arange(len(target)), **refs.step_extras(case, step, epoch, cfg)}
+        _, losses = distiller(image, target, epoch=epoch, **extras)
         expected = ref["losses"][step]
         assert sorted(losses) == sorted(expected), f"step {step}"
         for name, value in losses.items():

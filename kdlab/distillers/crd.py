@@ -151,6 +151,64 @@ def class_table(targets: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, 
     return order, start, count
 
 
+class NegativeSampler(nn.Module):
+    """Draws mdistiller's contrast indices (positive, then K negatives of other classes) for a batch.
+
+    Holds the per-class table of the training targets as non-persistent buffers (derived from the
+    dataset, so not in checkpoints) on the training device, and CPU copies for sync-free decisions.
+    """
+
+    def __init__(self, targets: torch.Tensor, k: int, mode: str = "exact", always_replace: bool = False,
+                 seed: int = 0) -> None:
+        super().__init__()
+        if mode not in ("exact", "relax"):
+            raise ConfigError(f"CRD.MODE must be 'exact' or 'relax', got {mode!r}")
+        targets = torch.as_tensor(targets, dtype=torch.int64).flatten()
+        self.num_data = len(targets)
+        order, start, count = class_table(targets, int(targets.max()) + 1)
+        if k < 1 or int((self.num_data - count).min()) < 1:
+            raise ConfigError(f"CRD.NCE.K must be >= 1 and the training set must hold 2 classes or more (K={k})")
+        for name, table in (("sample_class", targets), ("order", order), ("start", start), ("count", count)):
+            self.register_buffer(name, table, persistent=False)
+        self._class_cpu, self._count_cpu = targets, count  # CPU copies: sampling decisions without a sync
+        self.k, self.mode, self.always_replace, self.seed = k, mode, always_replace, seed
+
+    def forward(self, index: torch.Tensor, epoch: int) -> torch.Tensor:
+        """B x (1 + K): the positive, then K negatives of other classes (see the module docstring).
+
+        Which rows draw with replacement is decided from CPU copies of the tables (the loader's
+        index is on the CPU), so no step waits for the device.
+        """
+        device = self.order.device
+        index = index.cpu()
+        g = torch.Generator(device=device).manual_seed(mix_seed(self.seed, epoch, *index.tolist(), SEED_TAG))
+        n_neg_cpu = self.num_data - self._count_cpu[self._class_cpu[index]]
+        replace = torch.ones_like(n_neg_cpu, dtype=torch.bool) if self.always_replace else n_neg_cpu < self.k
+        index = index.to(device)
+        cls = self.sample_class[index]
+        start, count = self.start[cls], self.count[cls]
+        n_neg = self.num_data - count
+        if bool(replace.all()):
+            pos = self._uniform(g, (len(index), self.k), n_neg)
+        else:  # a uniform random K-subset: the K smallest of i.i.d. uniform keys over the row's positions
+            keys = torch.rand(len(index), int(n_neg_cpu.max()), generator=g, device=device, dtype=torch.float64)
+            keys.masked_fill_(torch.arange(keys.shape[1], device=device) >= n_neg[:, None], 2.0)
+            pos = keys.topk(self.k, dim=1, largest=False).indices
+            if bool(replace.any()):
+                pos = torch.where(replace.to(device)[:, None], self._uniform(g, (len(index), self.k), n_neg), pos)
+        negatives = self.order[torch.where(pos < start[:, None], pos, pos + count[:, None])]
+        if self.mode == "relax":
+            index = self.order[start + self._uniform(g, (len(index),), count)]
+        return torch.cat([index[:, None], negatives], dim=1)
+
+    @staticmethod
+    def _uniform(g: torch.Generator, shape: tuple, n: torch.Tensor) -> torch.Tensor:
+        """Uniform integers in [0, n) (n per row), from float64 uniforms."""
+        u = torch.rand(shape, generator=g, device=n.device, dtype=torch.float64)
+        n = n.view(-1, *([1] * (len(shape) - 1)))
+        return (u * n).floor().long().minimum(n - 1)
+
+
 @DISTILLERS.register("CRD")
 class CRD(Distiller):
     dataset_facts = ("num_train", "train_targets")  # bank size; per-class table for the negatives
@@ -160,21 +218,12 @@ class CRD(Distiller):
                  always_replace: bool = False, seed: int = 0, ce_weight: float = 1.0,
                  feat_weight: float = 0.8) -> None:
         super().__init__(student, teacher)
-        if mode not in ("exact", "relax"):
-            raise ConfigError(f"CRD.MODE must be 'exact' or 'relax', got {mode!r}")
-        targets = torch.as_tensor(targets, dtype=torch.int64).flatten()
-        self.num_data = len(targets)
-        order, start, count = class_table(targets, int(targets.max()) + 1)
-        if k < 1 or int((self.num_data - count).min()) < 1:
-            raise ConfigError(f"CRD.NCE.K must be >= 1 and the training set must hold 2 classes or more (K={k})")
         self.embed_s = Embed(student_dim, feat_dim)
         self.embed_t = Embed(teacher_dim, feat_dim)
+        sampler = NegativeSampler(targets, k, mode, always_replace, seed)
+        self.num_data = sampler.num_data
         self.contrast = ContrastMemory(feat_dim, self.num_data, k, temperature, momentum)
-        for name, table in (("sample_class", targets), ("class_order", order), ("class_start", start),
-                            ("class_count", count)):
-            self.register_buffer(name, table, persistent=False)  # derived from the dataset: not checkpointed
-        self._class_cpu, self._count_cpu = targets, count  # CPU copies: sampling decisions without a sync
-        self.k, self.mode, self.always_replace, self.seed = k, mode, always_replace, seed
+        self.sampler = sampler  # after the reference's modules: no parameters, no checkpointed buffers
         self.dims = {"CRD.FEAT.STUDENT_DIM": student_dim, "CRD.FEAT.TEACHER_DIM": teacher_dim}
         self.ce_weight, self.feat_weight = ce_weight, feat_weight
 
@@ -195,42 +244,6 @@ class CRD(Distiller):
         """The bank is kept equal on every rank by the gathered update; DDP need not broadcast it."""
         return [n for n, _ in self.named_buffers() if not n.startswith(("student.", "teacher."))]
 
-    # ------------------------------------------------------------------ negatives
-    def contrast_index(self, index: torch.Tensor, epoch: int) -> torch.Tensor:
-        """B x (1 + K): the positive, then K negatives of other classes (see the module docstring).
-
-        Which rows draw with replacement is decided from CPU copies of the tables (the loader's
-        index is on the CPU), so no step waits for the device.
-        """
-        device = self.class_order.device
-        index = index.cpu()
-        g = torch.Generator(device=device).manual_seed(mix_seed(self.seed, epoch, *index.tolist(), SEED_TAG))
-        n_neg_cpu = self.num_data - self._count_cpu[self._class_cpu[index]]
-        replace = torch.ones_like(n_neg_cpu, dtype=torch.bool) if self.always_replace else n_neg_cpu < self.k
-        index = index.to(device)
-        cls = self.sample_class[index]
-        start, count = self.class_start[cls], self.class_count[cls]
-        n_neg = self.num_data - count
-        if bool(replace.all()):
-            pos = self._uniform(g, (len(index), self.k), n_neg)
-        else:  # a uniform random K-subset: the K smallest of i.i.d. uniform keys over the row's positions
-            keys = torch.rand(len(index), int(n_neg_cpu.max()), generator=g, device=device, dtype=torch.float64)
-            keys.masked_fill_(torch.arange(keys.shape[1], device=device) >= n_neg[:, None], 2.0)
-            pos = keys.topk(self.k, dim=1, largest=False).indices
-            if bool(replace.any()):
-                pos = torch.where(replace.to(device)[:, None], self._uniform(g, (len(index), self.k), n_neg), pos)
-        negatives = self.class_order[torch.where(pos < start[:, None], pos, pos + count[:, None])]
-        if self.mode == "relax":
-            index = self.class_order[start + self._uniform(g, (len(index),), count)]
-        return torch.cat([index[:, None], negatives], dim=1)
-
-    @staticmethod
-    def _uniform(g: torch.Generator, shape: tuple, n: torch.Tensor) -> torch.Tensor:
-        """Uniform integers in [0, n) (n per row), from float64 uniforms."""
-        u = torch.rand(shape, generator=g, device=n.device, dtype=torch.float64)
-        n = n.view(-1, *([1] * (len(shape) - 1)))
-        return (u * n).floor().long().minimum(n - 1)
-
     # ------------------------------------------------------------------ training
     def _check_dim(self, key: str, feat: torch.Tensor) -> None:
         if feat.shape[1] != self.dims[key]:
@@ -247,7 +260,7 @@ class CRD(Distiller):
         self._check_dim("CRD.FEAT.STUDENT_DIM", f_s)
         self._check_dim("CRD.FEAT.TEACHER_DIM", f_t)
         if contrastive_index is None:
-            contrastive_index = self.contrast_index(index, extras.get("epoch", 0))
+            contrastive_index = self.sampler(index, extras.get("epoch", 0))
         device = self.contrast.memory_v1.device
         out_s, out_t = self.contrast(self.embed_s(f_s), self.embed_t(f_t), index.to(device),
                                      contrastive_index.to(device))

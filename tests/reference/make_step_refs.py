@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+REPO = Path(__file__).resolve().parents[2]
 SEED = 20240917
 BATCH, SIZE, NUM_CLASSES = 8, 32, 100
 TEACHER, STUDENT = "resnet14", "resnet8"
@@ -50,6 +51,8 @@ _KDSVD = ("KDSVD.K", "KDSVD.LOSS.CE_WEIGHT", "KDSVD.LOSS.FEAT_WEIGHT")
 _AT = ("AT.P", "AT.LOSS.CE_WEIGHT", "AT.LOSS.FEAT_WEIGHT")
 _SP = ("SP.LOSS.CE_WEIGHT", "SP.LOSS.FEAT_WEIGHT")
 _NST = ("NST.LOSS.CE_WEIGHT", "NST.LOSS.FEAT_WEIGHT")
+_CRD = ("CRD.MODE", "CRD.FEAT.DIM", "CRD.FEAT.STUDENT_DIM", "CRD.FEAT.TEACHER_DIM", "CRD.LOSS.CE_WEIGHT",
+        "CRD.LOSS.FEAT_WEIGHT", "CRD.NCE.K", "CRD.NCE.MOMENTUM", "CRD.NCE.TEMPERATURE")
 CASES = {
     "kd": ("mdistiller", "mdistiller/cifar100/kd.yaml", False, _KD + _SOLVER),
     "kd_ls": ("ls", "logit-standardization-KD/cifar100/kd/resnet32x4_resnet8x4.yaml", True, _KD + _SOLVER),
@@ -64,9 +67,14 @@ CASES = {
     "at": ("mdistiller", "mdistiller/cifar100/at.yaml", False, _AT + _SOLVER),
     "sp": ("mdistiller", "mdistiller/cifar100/sp.yaml", False, _SP + _SOLVER),
     "nst": ("mdistiller", "mdistiller/cifar100/nst.yaml", False, _NST + _SOLVER),
+    "crd": ("mdistiller", "mdistiller/cifar100/crd.yaml", False, _CRD + _SOLVER),
 }
+# Keys set on both sides after the peer YAML, to fit the small models (resnet8/14 pool 64 channels).
+CASE_OPTS = {"crd": ["CRD.FEAT.STUDENT_DIM", 64, "CRD.FEAT.TEACHER_DIM", 64]}
+# CRD's memory bank: NUM_DATA training samples of classes i % NUM_CLASSES (CIFAR-100's size).
+NUM_DATA = 50000
 # The reference's loss names -> kdlab's (mdistiller calls every feature term "loss_kd").
-LOSS_NAMES = {case: {"loss_kd": "loss_feat"} for case in ("fitnet", "pkt", "rkd", "kdsvd", "at", "sp", "nst")}
+LOSS_NAMES = {case: {"loss_kd": "loss_feat"} for case in ("fitnet", "pkt", "rkd", "kdsvd", "at", "sp", "nst", "crd")}
 
 
 def seeded_tensor(key: str, shape: Sequence, dtype: torch.dtype) -> torch.Tensor:
@@ -101,6 +109,41 @@ def step_batch(step: int, two_views: bool = False):
     return image, target
 
 
+def train_targets() -> torch.Tensor:
+    """The classes of the NUM_DATA training samples CRD's bank and negatives refer to."""
+    return torch.arange(NUM_DATA) % NUM_CLASSES
+
+
+def step_extras(case: str, step: int, epoch: int, cfg) -> dict:
+    """Keyword arguments of one step beyond image/target/epoch: CRD's sample and contrast indices.
+
+    The contrast indices are drawn by kdlab's sampler (kdlab.distillers.crd.NegativeSampler, exact mode)
+    and passed explicitly to both distillers, as mdistiller's CRD trainer passes its dataset's draws.
+    """
+    if case != "crd":
+        return {}
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from kdlab.distillers.crd import NegativeSampler
+
+    k = cfg.CRD.NCE.K
+    index = torch.arange(BATCH) * 997 + step  # distinct samples of several classes
+    sampler = NegativeSampler(train_targets(), k, mode="exact", seed=SEED)
+    return {"index": index, "contrastive_index": sampler(index, epoch)}
+
+
+def seed_trained(distiller: torch.nn.Module, case: str) -> None:
+    """Seed the teacher and the trained modules; CRD's bank rows too (its `params` keep their initial values)."""
+    load_seeded(distiller.teacher, "teacher.")
+    for name, module in trained_modules(distiller, case).items():
+        if name == "contrast":
+            for key in ("memory_v1", "memory_v2"):
+                buf = getattr(module, key)
+                buf.copy_(seeded_tensor(f"contrast.{key}", buf.shape, buf.dtype))
+        else:
+            load_seeded(module, name + ".")
+
+
 def digest(state: Mapping[str, torch.Tensor]) -> dict:
     """{key: [sum, L2 norm]} in float64 for every floating-point entry."""
     out = {}
@@ -125,6 +168,8 @@ def trained_modules(distiller: torch.nn.Module, case: str) -> dict[str, torch.nn
     mods = {"student": distiller.student}
     if case == "fitnet":
         mods["conv_reg"] = distiller.conv_reg
+    if case == "crd":  # the heads, and the bank with its normalization constants
+        mods.update(embed_s=distiller.embed_s, embed_t=distiller.embed_t, contrast=distiller.contrast)
     return mods
 
 
@@ -147,13 +192,17 @@ def _import_reference(path: str):
         import mdistiller.models.cifar as models
     finally:
         sys.path.remove(path)
+    # CRD's ContrastMemory moves its noise sampler to CUDA unconditionally; the contrast indices are
+    # passed explicitly here, so the sampler is never used and stays on the CPU.
+    sys.modules["mdistiller.distillers.CRD"].AliasMethod.cuda = lambda self: None
     return distillers, cfg_module.CFG, utils, models
 
 
-def _reference_cfg(base, peer: Path, logit_stand: bool):
-    """The peer YAML on the reference defaults, --logit-stand applied as the LS repo's tools/train.py does."""
+def _reference_cfg(base, peer: Path, logit_stand: bool, opts=()):
+    """The peer YAML on the reference defaults, then `opts`; --logit-stand as the LS repo's train.py applies it."""
     cfg = base.clone()
     cfg.merge_from_file(str(peer))
+    cfg.merge_from_list(list(opts))
     if logit_stand:  # the LS repo's rule, with its defaults --base-temp 2 --kd-weight 9
         cfg.EXPERIMENT.LOGIT_STAND = True
         if cfg.DISTILLER.TYPE in ("KD", "MLKD"):
@@ -173,14 +222,13 @@ def _lookup(cfg, key: str):
 def run_reference_case(case: str, repo_path: str, peer_root: Path) -> dict:
     kind, peer, logit_stand, keys = CASES[case]
     distillers, base_cfg, utils, models = _import_reference(repo_path)
-    cfg = _reference_cfg(base_cfg, peer_root / peer, logit_stand)
+    cfg = _reference_cfg(base_cfg, peer_root / peer, logit_stand, CASE_OPTS.get(case, ()))
     torch.manual_seed(0)  # the reference's shape probe (FitNet) draws random data
     student = getattr(models, STUDENT)(num_classes=NUM_CLASSES)
     teacher = getattr(models, TEACHER)(num_classes=NUM_CLASSES)
-    distiller = distillers.distiller_dict[cfg.DISTILLER.TYPE](student, teacher, cfg).to(DTYPE)
-    load_seeded(distiller.teacher, "teacher.")
-    for name, module in trained_modules(distiller, case).items():
-        load_seeded(module, name + ".")
+    extra = (NUM_DATA,) if cfg.DISTILLER.TYPE == "CRD" else ()  # mdistiller's train.py passes num_data to CRD
+    distiller = distillers.distiller_dict[cfg.DISTILLER.TYPE](student, teacher, cfg, *extra).to(DTYPE)
+    seed_trained(distiller, case)
     before = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in trained_modules(distiller, case).items()}
     distiller.train()
     optimizer = torch.optim.SGD(
@@ -198,7 +246,7 @@ def run_reference_case(case: str, repo_path: str, peer_root: Path) -> dict:
         if two_views:
             _, loss_dict = distiller(image_weak=image[0], image_strong=image[1], target=target, epoch=epoch)
         else:
-            _, loss_dict = distiller(image=image, target=target, epoch=epoch)
+            _, loss_dict = distiller(image=image, target=target, epoch=epoch, **step_extras(case, step, epoch, cfg))
         loss = sum(v.mean() for v in loss_dict.values())
         optimizer.zero_grad()
         loss.backward()
@@ -224,12 +272,13 @@ def main() -> None:
         "--peer-configs", required=True, help="folder holding mdistiller/ and logit-standardization-KD/"
     )
     parser.add_argument("--out", default=str(Path(__file__).with_name("step_refs.json")))
+    parser.add_argument("--only", nargs="+", choices=sorted(CASES), help="run these cases and merge them into --out")
     args = parser.parse_args()
     torch.set_default_dtype(torch.float32)
     torch.set_num_threads(1)  # as the tests run (conftest.py); KDSVD's float32 SVD depends on it
     repos = {"mdistiller": args.mdistiller, "ls": args.ls_repo}
-    cases = {}
-    for case in CASES:
+    cases = json.loads(Path(args.out).read_text())["cases"] if args.only else {}
+    for case in args.only or CASES:
         cases[case] = run_reference_case(case, repos[CASES[case][0]], Path(args.peer_configs))
         print(case, cases[case]["losses"][-1])
     out = {
