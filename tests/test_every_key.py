@@ -26,10 +26,11 @@ from kdlab.engine.run import train
 from kdlab.errors import ConfigError
 
 METHOD_CONFIGS = {m: os.path.join(REPO, f"configs/digits/{m.lower()}/digits_teacher_digits_student.yaml")
-                  for m in ("KD", "MLKD", "DKD", "FITNET", "CONKD", "FEATKD", "PKT", "RKD", "KDSVD", "AT", "SP", "NST")}
+                  for m in ("KD", "MLKD", "DKD", "FITNET", "CONKD", "FEATKD", "PKT", "RKD", "KDSVD", "AT", "SP", "NST",
+                                                                                             "CRD")}
 METHOD_GROUPS = {"KD": ("KD", "MLKD"), "DKD": ("DKD",), "FITNET": ("FITNET",), "CONKD": ("CONKD",),
                  "FEATKD": ("FEATKD",), "PKT": ("PKT",), "RKD": ("RKD",), "KDSVD": ("KDSVD",),
-                 "AT": ("AT",), "SP": ("SP",), "NST": ("NST",)}
+                 "AT": ("AT",), "SP": ("SP",), "NST": ("NST",), "CRD": ("CRD",)}
 # Short runs in which warm-up (epoch 1) and an LR decay (epoch 2) both happen.
 COMMON = {"SOLVER.EPOCHS": 2, "SOLVER.MAX_STEPS_PER_EPOCH": 2, "SOLVER.BATCH_SIZE": 16, "SOLVER.SCHEDULER": "multistep",
           "SOLVER.WARMUP_EPOCHS": 1, "SOLVER.LR_DECAY_STAGES": [1], "DATASET.NUM_WORKERS": 0, "SOLVER.DEVICE": "cpu",
@@ -96,6 +97,25 @@ def _check_early_stop(tmp_path, value):
     assert stops(1) and not stops(0)
 
 
+def _check_crd_dims(tmp_path, key):
+    """CRD.FEAT.STUDENT_DIM / TEACHER_DIM size the embedding heads' inputs: only the models' pooled size works."""
+    from kdlab.distillers import build_distiller
+    from kdlab.models import build_model
+
+    path = os.path.join(REPO, "configs/digits/crd/digits_teacher_digits_student.yaml")
+    head, right = {"CRD.FEAT.STUDENT_DIM": ("embed_s", 32), "CRD.FEAT.TEACHER_DIM": ("embed_t", 128)}[key]
+    image = torch.randn(4, 1, 8, 8)
+    for value in (right, 2 * right):
+        cfg = load_cfg(path, ["SOLVER.DEVICE", "cpu", key, str(value)])
+        distiller = build_distiller(cfg, build_model("digits_student", 10), build_model("digits_teacher", 10))
+        assert getattr(distiller, head).linear.in_features == value
+        if value == right:
+            distiller.train()(image, torch.arange(4), epoch=1, index=torch.arange(4))
+            continue
+        with pytest.raises(ConfigError, match=key.replace(".", "[.]") + f" is {value} but"):
+            distiller.train()(image, torch.arange(4), epoch=1, index=torch.arange(4))
+
+
 # (a) by an explicit check, or a reason why no digits run can show the key (keep this short and honest).
 NOT_SEEN_IN_A_DIGITS_RUN = {
     "DATASET.TYPE": "picks the dataset; each builder has its own tests (test_data_*.py, test_voc.py)",
@@ -117,6 +137,8 @@ NOT_SEEN_IN_A_DIGITS_RUN = {
     "FITNET.INPUT_SIZE": "sizes the zero batch that probes feature shapes; it changes the connector only for "
                          "pairs whose feature maps differ in size at the hint layer, which the digits pair does not",
     "FEATKD.INPUT_SIZE": "as FITNET.INPUT_SIZE (FEATKD's connectors pool or upsample to the teacher's size)",
+    "CRD.FEAT.STUDENT_DIM": _check_crd_dims,  # any other value than the model's pooled size is an error
+    "CRD.FEAT.TEACHER_DIM": _check_crd_dims,
 }
 
 
@@ -130,6 +152,7 @@ def _value(key: str, current, ckpts: dict):
         "SOLVER.TRAINER": "aug", "SOLVER.TYPE": "Adam", "SOLVER.SCHEDULER": "cosine", "SOLVER.LR_DECAY_STAGES": [],
         "SOLVER.BETAS": [0.5, 0.9], "SOLVER.AMP_DTYPE": "float16", "CONKD.SUPCON_VARIANT": "seed",
         "FITNET.HINT_LAYER": 2, "FEATKD.STUDENT_LAYERS": [0, 2], "FEATKD.TEACHER_LAYERS": [1, 2],
+        "CRD.MODE": "relax",
         "RKD.PDIST.EPSILON": 1.0,  # a floor above some squared distances (halving 1e-12 touches none of them)
         "LOG.PREFIX": "{root}/elsewhere",
         "LOG.TENSORBOARD_FREQ": 1,

@@ -107,7 +107,8 @@ def test_declared_facts_are_enough_and_necessary(method):
     """Facts holding only what the class declares build it; leaving a declared one out is a ConfigError."""
     cfg = digits_cfg(method)
     cls = DISTILLERS.get(method)
-    full = DatasetFacts(num_classes=10, num_train=1437, input_size=(8, 8), in_channels=1)
+    full = DatasetFacts(num_classes=10, num_train=1437, input_size=(8, 8), in_channels=1,
+                        train_targets=torch.arange(1437) % 10)
     only_declared = DatasetFacts(**{name: getattr(full, name) for name in cls.needed_facts(cfg)})
     torch.manual_seed(0)
     teacher = build_model("digits_teacher", 10) if cls.needs_teacher else None
@@ -116,9 +117,10 @@ def test_declared_facts_are_enough_and_necessary(method):
     batch = (image, image.flip(-1)) if cls.two_views else image
     _, losses = distiller.train()(batch, torch.arange(4), epoch=1, index=torch.arange(4))
     assert torch.isfinite(sum(losses.values()))
-    for name in cls.needed_facts(cfg):
-        with pytest.raises(ConfigError, match=f"needs the dataset's {name}"):
-            build_distiller(cfg, build_model("digits_student", 10), teacher, facts=DatasetFacts())
+    for name in cls.needed_facts(cfg):  # each declared fact left out alone
+        facts = dataclasses.replace(only_declared, **{name: None})
+        with pytest.raises(ConfigError, match=f"needs the dataset's {name};"):
+            build_distiller(cfg, build_model("digits_student", 10), teacher, facts=facts)
 
 
 def test_an_input_size_key_makes_the_fact_unnecessary():
