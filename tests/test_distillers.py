@@ -41,6 +41,7 @@ LOSS_KEYS = {
     "AT": {"loss_ce", "loss_feat"},
     "SP": {"loss_ce", "loss_feat"},
     "NST": {"loss_ce", "loss_feat"},
+    "CRD": {"loss_ce", "loss_feat"},
 }
 # Parameters each method adds to the digits student with configs/digits/<method>/*.yaml, by hand:
 EXTRA_PARAMS = {
@@ -59,6 +60,9 @@ EXTRA_PARAMS = {
     "AT": 0,  # attention maps need no connector
     "SP": 0,  # B x B similarity matrices: channel counts may differ
     "NST": 0,  # a kernel between channels: channel counts may differ
+    # embedding heads Linear(32, 128) and Linear(128, 128) with biases; the memory bank (2 x 1437 x 128) is
+    # a buffer, not a parameter (mdistiller's get_extra_parameters counts it too)
+    "CRD": (32 * 128 + 128) + (128 * 128 + 128),
 }
 
 
