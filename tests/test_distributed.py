@@ -11,6 +11,8 @@ import pytest
 import torch
 from conftest import REPO
 
+from kdlab.models import build_model
+
 VANILLA = os.path.join(REPO, "configs/digits/vanilla/digits_teacher.yaml")
 KD = os.path.join(REPO, "configs/digits/kd/digits_teacher_digits_student.yaml")
 # GroupNorm instead of BatchNorm: per-sample normalization, so splitting a batch over ranks
@@ -107,3 +109,30 @@ def test_failure_on_ranks_exits_with_the_error(tmp_path, bad):
     res = torchrun(2, "--cfg", VANILLA, "LOG.PREFIX", str(tmp_path), "SOLVER.EPOCHS", "1", *COMMON, *bad)
     assert res.returncode != 0
     assert "must be divisible by the number of processes" in res.stderr
+
+
+CRD = os.path.join(REPO, "configs/digits/crd/digits_teacher_digits_student.yaml")
+
+
+def test_crd_memory_bank_is_the_same_on_every_rank(tmp_path):
+    """CRD under torchrun: each rank updates its bank with the indices and embeddings of all ranks (gathered),
+    and DDP does not broadcast it, so after an epoch (23 steps, 32 images per rank and step) both ranks hold
+    the same bank, and every row, not only those of the rank's own half of the data, has been updated."""
+    torch.manual_seed(0)
+    teacher = str(tmp_path / "teacher.pth")
+    model = build_model("digits_teacher", 10, in_channels=1)
+    torch.save({"format": "kdlab-student", "model": model.state_dict(), "arch": "digits_teacher",
+                "num_classes": 10, "epoch": 0}, teacher)
+    res = torchrun(2, str(tmp_path), "--cfg", CRD, "LOG.PREFIX", str(tmp_path / "logs"), "SOLVER.EPOCHS", "1",
+                   "DISTILLER.TEACHER_CKPT", teacher, "LOG.PROGRESS", "False", "SOLVER.DEVICE", "cpu",
+                   "DISTILLER.MODEL_KWARGS.NORM", "gn",  # BatchNorm statistics would differ between ranks
+                   script="tests/train_dump_buffers.py")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "student weights identical on all 2 ranks: yes" in res.stderr  # parameters and buffers
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for key in ("contrast.memory_v1", "contrast.memory_v2", "contrast.params"):
+        assert torch.equal(ranks[0][key], ranks[1][key]), key
+    assert (ranks[0]["contrast.params"][2:4] > 0).all()  # Z set (the mean over both ranks' first batches)
+    for key in ("contrast.memory_v1", "contrast.memory_v2"):
+        norms = ranks[0][key].norm(dim=1)  # an updated row is renormalized; the random initial ones are not
+        assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5), key

@@ -130,3 +130,54 @@ def test_resume_neutral_keys_and_auto_may_differ():
 
     with pytest.raises(ConfigError, match=r"SOLVER\.AMP is False but the run was started with True"):
         check_resume_config(new, saved.dump(), "latest")
+
+
+CRD_CFG = os.path.join(REPO, "configs/digits/crd/digits_teacher_digits_student.yaml")
+
+
+@pytest.fixture(scope="module")
+def crd_teacher(tmp_path_factory) -> str:
+    """An untrained digits teacher saved as a kdlab student file (exactness needs no trained teacher)."""
+    from kdlab.models import build_model
+
+    torch.manual_seed(0)
+    path = str(tmp_path_factory.mktemp("crd_teacher") / "teacher.pth")
+    torch.save({"format": "kdlab-student", "model": build_model("digits_teacher", 10, in_channels=1).state_dict(),
+                "arch": "digits_teacher", "num_classes": 10, "epoch": 0}, path)
+    return path
+
+
+def _crd_cfg(prefix: str, teacher: str):
+    return load_cfg(CRD_CFG, digits_opts(prefix, epochs=3, **{"DISTILLER.TEACHER_CKPT": teacher,
+                                                              "DATASET.AUGMENT": True}))
+
+
+def _distiller_state(run_dir: str) -> dict:
+    return torch.load(os.path.join(run_dir, "latest"), weights_only=True)["model"]
+
+
+def test_crd_resume_after_an_epoch_matches_uninterrupted(tmp_path, monkeypatch, crd_teacher):
+    """CRD's memory bank and normalization constants are buffers: `latest` holds them, --resume restores them,
+    and the negatives are drawn from (SEED, epoch, batch indices), so the resumed run ends bit-identical,
+    bank and embedding heads included."""
+    reference = train(_crd_cfg(str(tmp_path / "ref"), crd_teacher))["run_dir"]
+    original = trainer_mod.RunLogger.write_metrics
+
+    def die_after_epoch_1(self, summary):
+        original(self, summary)
+        if summary["last_epoch"] == 1:
+            raise _Killed
+
+    monkeypatch.setattr(trainer_mod.RunLogger, "write_metrics", die_after_epoch_1)
+    with pytest.raises(_Killed):
+        train(_crd_cfg(str(tmp_path / "run"), crd_teacher))
+    monkeypatch.setattr(trainer_mod.RunLogger, "write_metrics", original)
+    stopped = _distiller_state(os.path.join(tmp_path, "run", "digits", "crd,digits_teacher,digits_student"))
+    summary = train(_crd_cfg(str(tmp_path / "run"), crd_teacher), resume=True)
+    _assert_identical(summary["run_dir"], reference)
+    a, b = _distiller_state(summary["run_dir"]), _distiller_state(reference)
+    assert a.keys() == b.keys() and {"contrast.memory_v1", "contrast.memory_v2", "contrast.params"} <= a.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert not torch.equal(stopped["contrast.memory_v1"], a["contrast.memory_v1"])  # epochs 2-3 moved the bank
+    assert (a["contrast.params"][2:4] > 0).all()  # Z was set in epoch 1 and kept

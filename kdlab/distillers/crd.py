@@ -101,6 +101,7 @@ class ContrastMemory(nn.Module):
         stdv = 1.0 / math.sqrt(dim / 3)
         self.register_buffer("memory_v1", torch.rand(num_data, dim).mul_(2 * stdv).add_(-stdv))
         self.register_buffer("memory_v2", torch.rand(num_data, dim).mul_(2 * stdv).add_(-stdv))
+        self._rank_synced = False  # under torchrun: the banks are broadcast from rank 0 once, before first use
 
     def _scores(self, memory: torch.Tensor, v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         weight = torch.index_select(memory, 0, idx.view(-1)).detach()
@@ -125,6 +126,10 @@ class ContrastMemory(nn.Module):
         memory.index_copy_(0, y, pos.div(pos.pow(2).sum(1, keepdim=True).pow(0.5)))
 
     def forward(self, v1: torch.Tensor, v2: torch.Tensor, y: torch.Tensor, idx: torch.Tensor):
+        if dist_utils.is_distributed() and not self._rank_synced:  # then equal updates keep them equal
+            for buf in (self.params, self.memory_v1, self.memory_v2):
+                dist.broadcast(buf, src=0)
+            self._rank_synced = True
         v1, v2 = v1.to(self.memory_v1.dtype), v2.to(self.memory_v2.dtype)
         with torch.autocast(v1.device.type, enabled=False):
             out_v2 = self._scores(self.memory_v1, v2, idx)
