@@ -208,8 +208,10 @@ _C.CRD = CN()  # CRD (contrastive representation distillation; implemented: kdla
 _C.CRD.MODE = "exact"  # positive of each sample: exact = the sample itself, relax = a random sample of its class
 _C.CRD.FEAT = CN()
 _C.CRD.FEAT.DIM = 128  # embedding (and memory-bank row) dimension of both heads
-_C.CRD.FEAT.STUDENT_DIM = 256  # input of the student's head: its pooled-feature size (resnet8x4: 256)
-_C.CRD.FEAT.TEACHER_DIM = 256  # input of the teacher's head: its pooled-feature size (resnet32x4: 256)
+# The heads' input sizes: the models' pooled-feature sizes (resnet8x4 / resnet32x4: 256). kdlab probes the
+# models and warns where these differ (mdistiller needs them equal; kdlab's model of that name may differ).
+_C.CRD.FEAT.STUDENT_DIM = 256  # the student's pooled-feature size, as mdistiller's YAML files give it
+_C.CRD.FEAT.TEACHER_DIM = 256  # the teacher's pooled-feature size, as mdistiller's YAML files give it
 _C.CRD.LOSS = CN()
 _C.CRD.LOSS.CE_WEIGHT = 1.0  # weight of the cross-entropy term loss_ce
 _C.CRD.LOSS.FEAT_WEIGHT = 0.8  # weight of the contrastive term loss_feat (student + teacher NCE)

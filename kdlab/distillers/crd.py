@@ -29,14 +29,19 @@ batch's sample indices), so a run and a resumed run repeat them exactly, with no
 involved. A caller may pass `contrastive_index` (B x (K+1)) explicitly, as mdistiller's trainer does.
 
 Differences from mdistiller, none of which changes a value in one process: no `.cuda()` (any
-device); the contrast runs in float32 under AMP; the loss is a scalar (mdistiller's has shape [1]);
-kdlab honours CRD.MODE on ImageNet too (mdistiller's ImageNet dataset ignores it). Under torchrun
-every rank holds the same bank: the indices and embeddings of all ranks are gathered before the
-momentum update, and Z is the mean over all ranks' first batches.
+device); the heads' input sizes are the models' pooled-feature sizes, probed once at the training
+input size in eval mode (mdistiller takes CRD.FEAT.STUDENT_DIM / TEACHER_DIM, which must equal them
+there; kdlab warns where they differ, see `pooled_dim`); the contrast runs in float32 under AMP;
+the loss is a scalar (mdistiller's has shape [1]); kdlab honours CRD.MODE on ImageNet too
+(mdistiller's ImageNet dataset ignores it). Under torchrun every rank holds the same bank: it is
+broadcast from rank 0 once, then the indices and embeddings of all ranks are gathered before each
+momentum update, and Z is the mean over all ranks' first batches (mdistiller has no DDP; with
+DataParallel its bank sees the whole batch, as kdlab's does).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Optional
 
@@ -47,9 +52,11 @@ import torch.nn as nn
 from kdlab.data.sampling import mix_seed
 from kdlab.distillers.base import Distiller, cross_entropy
 from kdlab.distillers.build import DISTILLERS
+from kdlab.distillers.connectors import probe_features
 from kdlab.engine import distributed as dist_utils
 from kdlab.errors import ConfigError
 
+log = logging.getLogger("kdlab")
 SEED_TAG = 3  # mix_seed(SEED, epoch, *indices, SEED_TAG): apart from the trainer's other streams
 HALF = (torch.float16, torch.bfloat16)
 
@@ -214,9 +221,25 @@ class NegativeSampler(nn.Module):
         return (u * n).floor().long().minimum(n - 1)
 
 
+def pooled_dim(model: nn.Module, configured: int, key: str, who: str, input_size) -> int:
+    """The size of `model`'s pooled feature (probed once in eval mode); a warning if `key` says otherwise.
+
+    mdistiller sizes the heads from the key alone, so in a config that runs there the key equals the
+    model's size; it differs only where kdlab's model of that name differs from the reference's (the
+    logit-standardization-KD ImageNet "MobileNetV2" is a MobileNetV1-style net of 1024 features, kdlab's
+    torchvision mobilenet_v2 has 1280). The head follows the model.
+    """
+    dim = int(probe_features(model, input_size)["pooled_feat"].flatten(1).shape[1])
+    if dim != configured:
+        log.warning("%s %d differs from the %s's pooled-feature size %d: its CRD head takes %d inputs",
+                    key, configured, who, dim, dim)
+    return dim
+
+
 @DISTILLERS.register("CRD")
 class CRD(Distiller):
-    dataset_facts = ("num_train", "train_targets")  # bank size; per-class table for the negatives
+    # bank size; per-class table for the negatives; the input size to probe the pooled-feature sizes at
+    dataset_facts = ("num_train", "train_targets", "input_size")
 
     def __init__(self, student, teacher, *, targets: torch.Tensor, student_dim: int, teacher_dim: int,
                  feat_dim: int, k: int, temperature: float, momentum: float, mode: str = "exact",
@@ -229,7 +252,6 @@ class CRD(Distiller):
         self.num_data = sampler.num_data
         self.contrast = ContrastMemory(feat_dim, self.num_data, k, temperature, momentum)
         self.sampler = sampler  # after the reference's modules: no parameters, no checkpointed buffers
-        self.dims = {"CRD.FEAT.STUDENT_DIM": student_dim, "CRD.FEAT.TEACHER_DIM": teacher_dim}
         self.ce_weight, self.feat_weight = ce_weight, feat_weight
 
     @classmethod
@@ -237,9 +259,12 @@ class CRD(Distiller):
         if len(facts.train_targets) != facts.num_train:
             raise ConfigError(f"CRD: {len(facts.train_targets)} training targets for {facts.num_train} samples")
         node = cfg.CRD
+        size = facts.input_size
         return cls(
-            student, teacher, targets=facts.train_targets, student_dim=node.FEAT.STUDENT_DIM,
-            teacher_dim=node.FEAT.TEACHER_DIM, feat_dim=node.FEAT.DIM, k=node.NCE.K,
+            student, teacher, targets=facts.train_targets,
+            student_dim=pooled_dim(student, node.FEAT.STUDENT_DIM, "CRD.FEAT.STUDENT_DIM", "student", size),
+            teacher_dim=pooled_dim(teacher, node.FEAT.TEACHER_DIM, "CRD.FEAT.TEACHER_DIM", "teacher", size),
+            feat_dim=node.FEAT.DIM, k=node.NCE.K,
             temperature=node.NCE.TEMPERATURE, momentum=node.NCE.MOMENTUM, mode=node.MODE,
             always_replace=cfg.DATASET.TYPE == "imagenet", seed=cfg.EXPERIMENT.SEED,
             ce_weight=node.LOSS.CE_WEIGHT, feat_weight=node.LOSS.FEAT_WEIGHT,
@@ -250,11 +275,6 @@ class CRD(Distiller):
         return [n for n, _ in self.named_buffers() if not n.startswith(("student.", "teacher."))]
 
     # ------------------------------------------------------------------ training
-    def _check_dim(self, key: str, feat: torch.Tensor) -> None:
-        if feat.shape[1] != self.dims[key]:
-            raise ConfigError(f"{key} is {self.dims[key]} but the model's pooled feature has {feat.shape[1]} "
-                              f"channels; set {key} {feat.shape[1]}")
-
     def forward_train(self, image, target, index: Optional[torch.Tensor] = None,
                       contrastive_index: Optional[torch.Tensor] = None, **extras):
         if index is None:
@@ -262,8 +282,6 @@ class CRD(Distiller):
         logits_student, feats_student = self.student(image)
         _, feats_teacher = self.teacher_forward(image)
         f_s, f_t = feats_student["pooled_feat"], feats_teacher["pooled_feat"]
-        self._check_dim("CRD.FEAT.STUDENT_DIM", f_s)
-        self._check_dim("CRD.FEAT.TEACHER_DIM", f_t)
         if contrastive_index is None:
             contrastive_index = self.sampler(index, extras.get("epoch", 0))
         device = self.contrast.memory_v1.device
