@@ -34,6 +34,12 @@ def _check_name(key: str, value: str, valid: list[str], extra_ok: tuple = ()) ->
     raise ConfigError(f"{key}: unknown name {value!r}{hint}")
 
 
+def _check_not_yet(key: str, value: str, valid: list[str]) -> None:
+    why = hooks.refused_names(key).get(value)
+    if why is not None and value not in valid:
+        raise ConfigError(f"{key}: {value!r} {why}")
+
+
 def _positive(key: str, value: float, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
@@ -69,6 +75,7 @@ def validate_cfg(cfg: CfgNode) -> None:
         valid = hooks.valid_names(key)
         if valid is not None:
             group, leaf = key.split(".")
+            _check_not_yet(key, cfg[group][leaf], valid[0])
             _check_name(key, cfg[group][leaf], *valid)
     _check_trainer(cfg, method)
     _check_name("SOLVER.AMP_DTYPE", cfg.SOLVER.AMP_DTYPE, ["bfloat16", "float16"])
