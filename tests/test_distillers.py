@@ -389,3 +389,16 @@ def test_digits_run_smoke(method, digits_teacher_ckpt, tmp_path):
     assert summary["extra_params"] == EXTRA_PARAMS[method]
     floor = SMOKE_FLOOR_OF.get(method, SMOKE_FLOOR)
     assert summary["last_acc"] >= floor, f"{method}: {summary['last_acc']:.1f} % after {SMOKE_EPOCHS} epochs"
+
+
+def test_sonly_is_cross_entropy_scaled_by_the_kd_ce_weight_without_a_teacher():
+    from kdlab.engine.builder import build_everything
+
+    cfg = load_cfg(str(CONFIGS / "digits" / "sonly" / "digits_student.yaml"), ["KD.LOSS.CE_WEIGHT", "0.25"])
+    _, sonly = build_everything(cfg)
+    assert sonly.teacher is None and sonly.extra_parameter_count() == 0
+    image, target = batch()
+    logits, losses = sonly.train()(image, target)
+    assert set(losses) == {"loss_ce"}
+    expected = 0.25 * torch.nn.functional.cross_entropy(sonly.student(image)[0], target)
+    assert losses["loss_ce"].item() == pytest.approx(expected.item(), rel=1e-6)

@@ -47,6 +47,8 @@ class Distiller(nn.Module):
     supports_segmentation: bool = False  # per-pixel logits (N, C, H, W) are handled
     dataset_facts: tuple[str, ...] = ()  # the DatasetFacts fields from_config reads
     supports_logit_stand: bool = False  # derived from apply_logit_stand, see __init_subclass__
+    paper: str = ""  # where the method comes from (the README's methods table)
+    group: str = ""  # the config group holding the method's keys ("" if it has none)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -139,8 +141,6 @@ class FeatureDistiller(Distiller):
     defines `feature_loss` and, for keys of its group other than LOSS.*, `options` (constructor keyword
     arguments). mdistiller names the feature term "loss_kd"; kdlab calls it "loss_feat".
     """
-
-    group: str = ""  # the config group holding LOSS.CE_WEIGHT, LOSS.FEAT_WEIGHT and the method's keys
 
     def __init__(self, student: nn.Module, teacher: nn.Module, ce_weight: float, feat_weight: float) -> None:
         super().__init__(student, teacher)
