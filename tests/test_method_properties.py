@@ -159,7 +159,8 @@ def test_readme_methods_table_is_generated_from_the_registry():
     spec.loader.exec_module(module)
     readme = (root / "README.md").read_text(encoding="utf-8")
     block = readme.split(module.BEGIN)[1].split(module.END)[0]
-    assert block.strip() == module.table().strip(), "README methods table is stale: run python tools/method_table.py --write"
+    stale = "README methods table is stale: run python tools/method_table.py --write"
+    assert block.strip() == module.table().strip(), stale
     for name in METHODS:
         cls = DISTILLERS.get(name)
         assert cls.paper, f"{name} has no `paper` (the README table's source)"
