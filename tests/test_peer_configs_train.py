@@ -30,7 +30,7 @@ FILES = sorted(reference_table("peer_configs.json")["files"])
 REFUSED = {
     "MobileNetV1": r"DISTILLER\.STUDENT: 'MobileNetV1' \(a model of the reference code\) is not implemented yet",
     "tiny_imagenet": r"DATASET\.TYPE: 'tiny_imagenet' \(a dataset of the reference code\) is not implemented yet",
-    "DKD_aug": r"DISTILLER\.TYPE: 'DKD_aug' is named by .* but neither that repository nor mdistiller defines it",
+    "DKD_aug": r"DISTILLER\.TYPE: 'DKD_aug' \(DKD on MLKD's weak/strong views, .*\) is not implemented yet",
 }
 IMAGENET_WNIDS = ["n01440764", "n01443537", "n01484850"]
 

@@ -20,9 +20,9 @@ ALIASES = {"KD_ours": "MLKD"}
 NOT_YET_IMPLEMENTED = ("CRD", "OFD", "REVIEWKD", "VID")
 # Names the reference configs use that kdlab refuses at load time, and why (one line each).
 REFUSED = {
-    "DKD_aug": "is named by logit-standardization-KD's cifar100/dkd/resnet32x4_resnet8x4_aug.yaml, but neither "
-    "that repository nor mdistiller defines it (their tools/train.py stops with a KeyError), so kdlab does not "
-    "guess it: use DKD (one view), or MLKD for weak/strong views",
+    "DKD_aug": "(DKD on MLKD's weak/strong views, named by logit-standardization-KD's "
+    "cifar100/dkd/resnet32x4_resnet8x4_aug.yaml, whose code defines no such method) is not implemented yet "
+    "in kdlab; use DKD, or MLKD for weak/strong views",
 }
 
 
