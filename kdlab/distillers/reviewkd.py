@@ -26,7 +26,7 @@ then reversed: abfs.0 is the deepest, un-fused one) with the same modules, shape
 so a reference checkpoint's ABF weights copy in by order (or by key). Their fusion width is
 min(512, IN_CHANNELS[-1]) as in mdistiller, which reads REVIEWKD.MAX_MID_CHANNEL but never uses it;
 kdlab keeps that (for the same ABF shapes as the reference) and logs a warning when the key is set
-to anything else than 512.
+to a value other than 512.
 """
 
 from __future__ import annotations
