@@ -3,7 +3,7 @@
 tests/reference/step_refs.json holds, per case, what the reference distiller (mdistiller's or
 the logit-standardization-KD repository's, configured by a peer YAML file and, for *_ls cases,
 --logit-stand) did in three SGD steps from seeded weights on seeded batches: each step's losses
-and a digest of the student's (and FitNet's connector's) weights afterwards. It was made once by
+and a digest of the student's (and FitNet's connector's, ReviewKD's ABFs') weights afterwards. It was made once by
 tests/reference/make_step_refs.py; the helpers (weights, batches, digests) are imported from it,
 so both sides start from the same numbers. Both sides run in float64 (refs.DTYPE): in float32,
 steps from random weights are chaotic enough that the order of a reduction (which differs between
@@ -64,7 +64,7 @@ def test_peer_yaml_resolves_like_the_reference(case, peer_config_dir):
     ref = REFS["cases"][case]
     peer = Path(peer_config_dir) / ref["peer_config"]
     assert peer.is_file(), f"{ref['peer_config']} is not in tests/reference/peer_configs.json"
-    opts = ["DISTILLER.TEACHER", REFS["teacher"], "DISTILLER.STUDENT", REFS["student"]]
+    opts = ["DISTILLER.TEACHER", REFS["teacher"], "DISTILLER.STUDENT", REFS["student"], *refs.case_opts(case)]
     cfg = load_cfg(str(peer), opts, logit_stand=ref["logit_stand"])
     assert cfg.EXPERIMENT.LOGIT_STAND == ref["logit_stand"]
     for key, value in ref["config"].items():

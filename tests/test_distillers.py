@@ -41,6 +41,7 @@ LOSS_KEYS = {
     "AT": {"loss_ce", "loss_feat"},
     "SP": {"loss_ce", "loss_feat"},
     "NST": {"loss_ce", "loss_feat"},
+    "REVIEWKD": {"loss_ce", "loss_feat"},
 }
 # Parameters each method adds to the digits student with configs/digits/<method>/*.yaml, by hand:
 EXTRA_PARAMS = {
@@ -59,6 +60,10 @@ EXTRA_PARAMS = {
     "AT": 0,  # attention maps need no connector
     "SP": 0,  # B x B similarity matrices: channel counts may differ
     "NST": 0,  # a kernel between channels: channel counts may differ
+    # four ABFs, fusion width min(512, 32) = 32, IN_CHANNELS [16, 16, 32, 32] -> OUT_CHANNELS [32, 64, 128, 128]:
+    # 1x1 conv in->32 + BN(32), 3x3 conv 32->out + BN(out), and on all but the deepest a 1x1 conv 64->2 with bias
+    "REVIEWKD": sum(c_in * 32 + 2 * 32 + 32 * c_out * 9 + 2 * c_out
+                    for c_in, c_out in ((16, 32), (16, 64), (32, 128), (32, 128))) + 3 * (64 * 2 + 2),
 }
 
 

@@ -26,10 +26,11 @@ from kdlab.engine.run import train
 from kdlab.errors import ConfigError
 
 METHOD_CONFIGS = {m: os.path.join(REPO, f"configs/digits/{m.lower()}/digits_teacher_digits_student.yaml")
-                  for m in ("KD", "MLKD", "DKD", "FITNET", "CONKD", "FEATKD", "PKT", "RKD", "KDSVD", "AT", "SP", "NST")}
+                  for m in ("KD", "MLKD", "DKD", "FITNET", "CONKD", "FEATKD", "PKT", "RKD", "KDSVD", "AT", "SP", "NST",
+                                                                                   "REVIEWKD")}
 METHOD_GROUPS = {"KD": ("KD", "MLKD"), "DKD": ("DKD",), "FITNET": ("FITNET",), "CONKD": ("CONKD",),
                  "FEATKD": ("FEATKD",), "PKT": ("PKT",), "RKD": ("RKD",), "KDSVD": ("KDSVD",),
-                 "AT": ("AT",), "SP": ("SP",), "NST": ("NST",)}
+                 "AT": ("AT",), "SP": ("SP",), "NST": ("NST",), "REVIEWKD": ("REVIEWKD",)}
 # Short runs in which warm-up (epoch 1) and an LR decay (epoch 2) both happen.
 COMMON = {"SOLVER.EPOCHS": 2, "SOLVER.MAX_STEPS_PER_EPOCH": 2, "SOLVER.BATCH_SIZE": 16, "SOLVER.SCHEDULER": "multistep",
           "SOLVER.WARMUP_EPOCHS": 1, "SOLVER.LR_DECAY_STAGES": [1], "DATASET.NUM_WORKERS": 0, "SOLVER.DEVICE": "cpu",
@@ -96,6 +97,44 @@ def _check_early_stop(tmp_path, value):
     assert stops(1) and not stops(0)
 
 
+def _reviewkd_distiller(*opts):
+    from kdlab.distillers import DatasetFacts, build_distiller
+    from kdlab.models import build_model
+
+    cfg = load_cfg(METHOD_CONFIGS["REVIEWKD"], list(opts))
+    return build_distiller(cfg, build_model("digits_student", 10, in_channels=1),
+                           build_model("digits_teacher", 10, in_channels=1), facts=DatasetFacts(input_size=(8, 8)))
+
+
+def _check_reviewkd_list(tmp_path, key):
+    """The per-pair lists must be the models' own: another value is a ConfigError naming the key and the models'."""
+    right = {"REVIEWKD.SHAPES": [1, 4, 8, 8], "REVIEWKD.OUT_SHAPES": [1, 2, 4, 8],
+             "REVIEWKD.IN_CHANNELS": [16, 16, 32, 32], "REVIEWKD.OUT_CHANNELS": [32, 64, 128, 128]}[key]
+    _reviewkd_distiller()  # the shipped values build
+    with pytest.raises(ConfigError) as info:
+        _reviewkd_distiller(key, str([v * 2 for v in right]))
+    assert f"{key} {[v * 2 for v in right]} does not match" in str(info.value) and str(right) in str(info.value)
+
+
+def _check_reviewkd_mid(tmp_path, key):
+    """mdistiller reads MAX_MID_CHANNEL but never uses it: kdlab warns and builds the same ABFs."""
+    import logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("kdlab").addHandler(handler)
+    try:
+        torch.manual_seed(0)
+        same = _reviewkd_distiller("REVIEWKD.MAX_MID_CHANNEL", "16").abfs.state_dict()
+    finally:
+        logging.getLogger("kdlab").removeHandler(handler)
+    torch.manual_seed(0)
+    default = _reviewkd_distiller().abfs.state_dict()
+    assert all(torch.equal(default[k], same[k]) for k in default) and default.keys() == same.keys()
+    assert any("REVIEWKD.MAX_MID_CHANNEL 16 is not used" in r.getMessage() for r in records)
+
+
 # (a) by an explicit check, or a reason why no digits run can show the key (keep this short and honest).
 NOT_SEEN_IN_A_DIGITS_RUN = {
     "DATASET.TYPE": "picks the dataset; each builder has its own tests (test_data_*.py, test_voc.py)",
@@ -117,6 +156,8 @@ NOT_SEEN_IN_A_DIGITS_RUN = {
     "FITNET.INPUT_SIZE": "sizes the zero batch that probes feature shapes; it changes the connector only for "
                          "pairs whose feature maps differ in size at the hint layer, which the digits pair does not",
     "FEATKD.INPUT_SIZE": "as FITNET.INPUT_SIZE (FEATKD's connectors pool or upsample to the teacher's size)",
+    **{f"REVIEWKD.{k}": _check_reviewkd_list for k in ("SHAPES", "OUT_SHAPES", "IN_CHANNELS", "OUT_CHANNELS")},
+    "REVIEWKD.MAX_MID_CHANNEL": _check_reviewkd_mid,
 }
 
 

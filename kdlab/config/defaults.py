@@ -11,7 +11,7 @@ from yacs.config import CfgNode as CN
 # Reference-compatibility only: key groups that exist so that mdistiller's YAML files load, for
 # methods and trainers kdlab does not implement yet (naming one of those methods or trainers is
 # refused; these keys change nothing). A group leaves this list when its method is implemented.
-REFERENCE_ONLY = ("OFD", "VID", "CRD", "REVIEWKD", "SOLVER.DOT")
+REFERENCE_ONLY = ("OFD", "VID", "CRD", "SOLVER.DOT")
 
 _C = CN()
 
@@ -218,16 +218,19 @@ _C.CRD.NCE.K = 16384  # negatives per anchor
 _C.CRD.NCE.MOMENTUM = 0.5  # memory-bank momentum
 _C.CRD.NCE.TEMPERATURE = 0.07  # NCE temperature
 
+# ReviewKD (knowledge review): attention-based fusion (ABF) of the student's features, deepest first, compared
+# with the teacher's preact_feats[1:] and pooled_feat by the HCL loss (kdlab/distillers/reviewkd.py). The four
+# lists are per pair (mdistiller's YAML files set them); the defaults fit resnet32x4 -> resnet8x4 on 32x32 inputs.
 _C.REVIEWKD = CN()
-_C.REVIEWKD.CE_WEIGHT = 1.0  # cross-entropy weight
-_C.REVIEWKD.REVIEWKD_WEIGHT = 1.0  # review loss weight
-_C.REVIEWKD.WARMUP_EPOCHS = 20  # linear warm-up of the review loss
-_C.REVIEWKD.SHAPES = [1, 8, 16, 32]  # student feature map sizes
-_C.REVIEWKD.OUT_SHAPES = [1, 8, 16, 32]  # teacher feature map sizes
-_C.REVIEWKD.IN_CHANNELS = [64, 128, 256, 256]  # student feature channels
-_C.REVIEWKD.OUT_CHANNELS = [64, 128, 256, 256]  # teacher feature channels
-_C.REVIEWKD.MAX_MID_CHANNEL = 512  # ABF fusion width
-_C.REVIEWKD.STU_PREACT = False  # use the student's pre-activation features
+_C.REVIEWKD.CE_WEIGHT = 1.0  # weight of the student's cross-entropy
+_C.REVIEWKD.REVIEWKD_WEIGHT = 1.0  # weight of the review (HCL) term, loss_feat
+_C.REVIEWKD.WARMUP_EPOCHS = 20  # loss_feat is scaled by min(epoch / WARMUP_EPOCHS, 1), epochs from 1; 0: none
+_C.REVIEWKD.SHAPES = [1, 8, 16, 32]  # the student's reviewed map sizes, deep to shallow (pooled_feat's 1 first)
+_C.REVIEWKD.OUT_SHAPES = [1, 8, 16, 32]  # the teacher's map sizes, deep to shallow: each ABF output is resized to it
+_C.REVIEWKD.IN_CHANNELS = [64, 128, 256, 256]  # the student's reviewed channels, shallow to deep, pooled_feat's last
+_C.REVIEWKD.OUT_CHANNELS = [64, 128, 256, 256]  # the teacher's channels (preact_feats[1:], pooled_feat): ABF outputs
+_C.REVIEWKD.MAX_MID_CHANNEL = 512  # read but not used, as in mdistiller: the ABF width is min(512, IN_CHANNELS[-1])
+_C.REVIEWKD.STU_PREACT = False  # review the student's preact_feats instead of feats
 
 
 def get_cfg() -> CN:

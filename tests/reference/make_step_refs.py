@@ -50,6 +50,8 @@ _KDSVD = ("KDSVD.K", "KDSVD.LOSS.CE_WEIGHT", "KDSVD.LOSS.FEAT_WEIGHT")
 _AT = ("AT.P", "AT.LOSS.CE_WEIGHT", "AT.LOSS.FEAT_WEIGHT")
 _SP = ("SP.LOSS.CE_WEIGHT", "SP.LOSS.FEAT_WEIGHT")
 _NST = ("NST.LOSS.CE_WEIGHT", "NST.LOSS.FEAT_WEIGHT")
+_REVIEWKD = tuple(f"REVIEWKD.{k}" for k in ("CE_WEIGHT", "REVIEWKD_WEIGHT", "WARMUP_EPOCHS", "SHAPES", "OUT_SHAPES",
+                                             "IN_CHANNELS", "OUT_CHANNELS", "MAX_MID_CHANNEL", "STU_PREACT"))
 CASES = {
     "kd": ("mdistiller", "mdistiller/cifar100/kd.yaml", False, _KD + _SOLVER),
     "kd_ls": ("ls", "logit-standardization-KD/cifar100/kd/resnet32x4_resnet8x4.yaml", True, _KD + _SOLVER),
@@ -64,9 +66,15 @@ CASES = {
     "at": ("mdistiller", "mdistiller/cifar100/at.yaml", False, _AT + _SOLVER),
     "sp": ("mdistiller", "mdistiller/cifar100/sp.yaml", False, _SP + _SOLVER),
     "nst": ("mdistiller", "mdistiller/cifar100/nst.yaml", False, _NST + _SOLVER),
+    "reviewkd": ("mdistiller", "mdistiller/cifar100/reviewkd.yaml", False, _REVIEWKD + _SOLVER),
 }
+# Per-pair keys set for the small models (the peer YAML's values are for its own pair), on both sides:
+# resnet8 and resnet14 both review 16, 32, 64 channels and the 64-d pooled feature (sizes 32, 16, 8, 1).
+CASE_OPTS = {"reviewkd": {"REVIEWKD.IN_CHANNELS": [16, 32, 64, 64], "REVIEWKD.OUT_CHANNELS": [16, 32, 64, 64]}}
 # The reference's loss names -> kdlab's (mdistiller calls every feature term "loss_kd").
-LOSS_NAMES = {case: {"loss_kd": "loss_feat"} for case in ("fitnet", "pkt", "rkd", "kdsvd", "at", "sp", "nst")}
+LOSS_NAMES = {
+    case: {"loss_kd": "loss_feat"} for case in ("fitnet", "pkt", "rkd", "kdsvd", "at", "sp", "nst", "reviewkd")
+}
 
 
 def seeded_tensor(key: str, shape: Sequence, dtype: torch.dtype) -> torch.Tensor:
@@ -121,10 +129,12 @@ def delta_norms(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Te
 
 
 def trained_modules(distiller: torch.nn.Module, case: str) -> dict[str, torch.nn.Module]:
-    """The modules whose weights the digest covers: the student, plus FitNet's connector."""
+    """The modules whose weights the digest covers: the student, plus FitNet's connector and ReviewKD's ABFs."""
     mods = {"student": distiller.student}
     if case == "fitnet":
         mods["conv_reg"] = distiller.conv_reg
+    if case == "reviewkd":
+        mods["abfs"] = distiller.abfs
     return mods
 
 
@@ -150,10 +160,16 @@ def _import_reference(path: str):
     return distillers, cfg_module.CFG, utils, models
 
 
-def _reference_cfg(base, peer: Path, logit_stand: bool):
-    """The peer YAML on the reference defaults, --logit-stand applied as the LS repo's tools/train.py does."""
+def case_opts(case: str) -> list[str]:
+    """The case's CASE_OPTS as a KEY VALUE list (for merge_from_list / kdlab's load_cfg)."""
+    return [t for k, v in CASE_OPTS.get(case, {}).items() for t in (k, repr(v))]
+
+
+def _reference_cfg(base, peer: Path, logit_stand: bool, opts: Sequence[str] = ()):
+    """The peer YAML on the reference defaults (then `opts`), --logit-stand applied as the LS repo's train.py does."""
     cfg = base.clone()
     cfg.merge_from_file(str(peer))
+    cfg.merge_from_list(list(opts))
     if logit_stand:  # the LS repo's rule, with its defaults --base-temp 2 --kd-weight 9
         cfg.EXPERIMENT.LOGIT_STAND = True
         if cfg.DISTILLER.TYPE in ("KD", "MLKD"):
@@ -173,7 +189,7 @@ def _lookup(cfg, key: str):
 def run_reference_case(case: str, repo_path: str, peer_root: Path) -> dict:
     kind, peer, logit_stand, keys = CASES[case]
     distillers, base_cfg, utils, models = _import_reference(repo_path)
-    cfg = _reference_cfg(base_cfg, peer_root / peer, logit_stand)
+    cfg = _reference_cfg(base_cfg, peer_root / peer, logit_stand, case_opts(case))
     torch.manual_seed(0)  # the reference's shape probe (FitNet) draws random data
     student = getattr(models, STUDENT)(num_classes=NUM_CLASSES)
     teacher = getattr(models, TEACHER)(num_classes=NUM_CLASSES)
@@ -224,12 +240,14 @@ def main() -> None:
         "--peer-configs", required=True, help="folder holding mdistiller/ and logit-standardization-KD/"
     )
     parser.add_argument("--out", default=str(Path(__file__).with_name("step_refs.json")))
+    parser.add_argument("--only", nargs="+", choices=sorted(CASES), metavar="CASE",
+                        help="run only these cases and merge them into the existing --out file")
     args = parser.parse_args()
     torch.set_default_dtype(torch.float32)
     torch.set_num_threads(1)  # as the tests run (conftest.py); KDSVD's float32 SVD depends on it
     repos = {"mdistiller": args.mdistiller, "ls": args.ls_repo}
-    cases = {}
-    for case in CASES:
+    cases = json.loads(Path(args.out).read_text())["cases"] if args.only else {}
+    for case in args.only or CASES:
         cases[case] = run_reference_case(case, repos[CASES[case][0]], Path(args.peer_configs))
         print(case, cases[case]["losses"][-1])
     out = {
@@ -243,7 +261,7 @@ def main() -> None:
         "step_epochs": list(STEP_EPOCHS),
         "torch": torch.__version__,
         "dtype": str(DTYPE).removeprefix("torch."),
-        "cases": cases,
+        "cases": {case: cases[case] for case in sorted(cases, key=lambda c: list(CASES).index(c) if c in CASES else 0)},
     }
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     print("wrote", args.out)
