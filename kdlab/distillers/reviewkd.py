@@ -95,6 +95,8 @@ def teacher_review_features(feats: dict) -> list[torch.Tensor]:
 
 @DISTILLERS.register("REVIEWKD")
 class ReviewKD(Distiller):
+    paper = "Chen et al., CVPR 2021"
+    group = "REVIEWKD"
     dataset_facts = ("input_size",)  # the channel and size keys are checked on features probed at this size
 
     def __init__(self, student, teacher, in_channels: Sequence[int], out_channels: Sequence[int],
