@@ -160,3 +160,43 @@ def test_loaded_config_is_frozen():
     cfg = load_cfg(None)
     with pytest.raises(AttributeError):
         cfg.SOLVER.LR = 1.0
+
+
+def test_base_is_merged_first_relative_to_the_including_file(tmp_path):
+    (tmp_path / "pairs").mkdir()
+    (tmp_path / "root.yaml").write_text("SOLVER:\n  LR: 0.2\n  EPOCHS: 10\nKD:\n  TEMPERATURE: 3\n")
+    (tmp_path / "pairs" / "mid.yaml").write_text("_BASE_: ../root.yaml\nSOLVER:\n  EPOCHS: 20\n")
+    (tmp_path / "pairs" / "top.yaml").write_text("_BASE_: mid.yaml\nKD:\n  LOSS:\n    KD_WEIGHT: 5\n")
+    cfg = load_cfg(str(tmp_path / "pairs" / "top.yaml"))
+    assert (cfg.SOLVER.LR, cfg.SOLVER.EPOCHS, cfg.KD.TEMPERATURE, cfg.KD.LOSS.KD_WEIGHT) == (0.2, 20, 3.0, 5.0)
+    assert cfg.KD.LOSS.CE_WEIGHT == 0.1  # untouched keys keep the defaults
+
+
+def test_missing_base_names_the_file_and_the_includer(tmp_path):
+    top = _write(tmp_path, "_BASE_: nope/base.yaml\nSOLVER:\n  LR: 0.2\n")
+    with pytest.raises(ConfigError) as err:
+        load_cfg(top)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert re.fullmatch(rf"config file not found: {re.escape(str(tmp_path / 'nope' / 'base.yaml'))} "
+                        rf"\(the _BASE_ of {re.escape(top)}\)", msg), msg
+
+
+@pytest.mark.parametrize("files, start", [
+    ({"a.yaml": "_BASE_: a.yaml\n"}, "a.yaml"),
+    ({"a.yaml": "_BASE_: b.yaml\n", "b.yaml": "_BASE_: sub/../a.yaml\n", "sub/x": ""}, "a.yaml"),
+    ({"top.yaml": "_BASE_: a.yaml\n", "a.yaml": "_BASE_: b.yaml\n", "b.yaml": "_BASE_: a.yaml\n"}, "top.yaml"),
+])
+def test_base_cycle_is_a_one_line_error_naming_the_chain(tmp_path, files, start):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=r"^_BASE_ cycle: .*a\.yaml -> .*a\.yaml; a config cannot include itself$") \
+            as err:
+        load_cfg(str(tmp_path / start))
+    assert "\n" not in str(err.value) and "top.yaml" not in str(err.value)
+
+
+def test_base_must_be_a_file_name(tmp_path):
+    with pytest.raises(ConfigError, match=r"_BASE_ must be a file name relative to this file, got \['a.yaml'\]"):
+        load_cfg(_write(tmp_path, "_BASE_: [a.yaml]\n"))
