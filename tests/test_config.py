@@ -79,11 +79,20 @@ def test_peer_config_values_are_merged(peer_config_dir):
     assert cfg.DKD.BETA == 8.0 and cfg.SOLVER.LR_DECAY_STAGES == [150, 180, 210]
 
 
+# Names of the reference code kdlab refuses at load time for now; a shipped config (a reference path) that
+# names one may be refused, with a one-line "not implemented yet", and only such a config.
+NOT_YET = ("MobileNetV1", "tiny_imagenet", "DKD_aug", 'TRAINER: "crd"', 'TRAINER: "dot"')
+
+
 def test_shipped_configs_load():
     files = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True))
-    assert files
+    assert len(files) >= 160
     for path in files:
-        load_cfg(path)
+        try:
+            load_cfg(path)
+        except ConfigError as err:
+            assert any(name in open(path).read() for name in NOT_YET), f"{path}: {err}"
+            assert "is not implemented yet" in str(err) and "\n" not in str(err), str(err)
 
 
 def test_unknown_key_names_key_and_closest(tmp_path):
