@@ -21,11 +21,11 @@ import tempfile
 from typing import Any, Optional
 
 import torch
-import yaml
 
 from kdlab.benchmark.data import dataset_for_bench
 from kdlab.benchmark.step import _warm, auto_decision, make_trainer, time_interleaved, trainer_step
 from kdlab.config import load_cfg
+from kdlab.config.load import read_yaml
 from kdlab.engine import precision
 from kdlab.engine.builder import select_device
 from kdlab.errors import ConfigError
@@ -37,7 +37,7 @@ DEFAULT_PAIR = {"cifar100": "resnet32x4_resnet8x4", "cifar10": "resnet32x4_resne
 
 def method_label(path: str) -> str:
     """DISTILLER.TYPE of a config, with its trainer when that is not the plain one (e.g. "KD+dot")."""
-    node = yaml.safe_load(open(path, encoding="utf-8")) or {}
+    node = read_yaml(path)  # follows _BASE_
     name = (node.get("DISTILLER") or {}).get("TYPE", "NONE")
     trainer = (node.get("SOLVER") or {}).get("TRAINER", "base")
     return name if trainer in ("base", "crd", "ours", "aug") else f"{name}+{trainer}"
