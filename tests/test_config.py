@@ -175,7 +175,7 @@ def test_base_is_merged_first_relative_to_the_including_file(tmp_path):
     (tmp_path / "pairs").mkdir()
     (tmp_path / "root.yaml").write_text("SOLVER:\n  LR: 0.2\n  EPOCHS: 10\nKD:\n  TEMPERATURE: 3\n")
     (tmp_path / "pairs" / "mid.yaml").write_text("_BASE_: ../root.yaml\nSOLVER:\n  EPOCHS: 20\n")
-    (tmp_path / "pairs" / "top.yaml").write_text("_BASE_: mid.yaml\nKD:\n  LOSS:\n    KD_WEIGHT: 5\n")
+    (tmp_path / "pairs" / "top.yaml").write_text("_BASE_: mid.yaml\nSOLVER:\nKD:\n  LOSS:\n    KD_WEIGHT: 5\n")
     cfg = load_cfg(str(tmp_path / "pairs" / "top.yaml"))
     assert (cfg.SOLVER.LR, cfg.SOLVER.EPOCHS, cfg.KD.TEMPERATURE, cfg.KD.LOSS.KD_WEIGHT) == (0.2, 20, 3.0, 5.0)
     assert cfg.KD.LOSS.CE_WEIGHT == 0.1  # untouched keys keep the defaults

@@ -175,7 +175,7 @@ def _deep_update(into: dict, new: dict) -> None:
     for k, v in new.items():
         if isinstance(v, dict) and isinstance(into.get(k), dict):
             _deep_update(into[k], v)
-        else:
+        elif v is not None or not isinstance(into.get(k), dict):  # an empty group keeps the base's keys
             into[k] = v
 
 
