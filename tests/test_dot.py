@@ -6,6 +6,8 @@ The steps against mdistiller's own DOT trainer are in test_distiller_reference_s
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -29,7 +31,8 @@ def _setup(*opts: str, dtype=torch.float64):
     """A KD digits distiller (seeded) and the optimizer SOLVER.TRAINER / opts give it."""
     cfg = load_cfg(CFG, ["SOLVER.DEVICE", "cpu", *opts])
     torch.manual_seed(0)
-    student, teacher = build_model("digits_student", 10, in_channels=1), build_model("digits_teacher", 10, in_channels=1)
+    student = build_model("digits_student", 10, in_channels=1)
+    teacher = build_model("digits_teacher", 10, in_channels=1)
     distiller = build_distiller(cfg, student, teacher, facts=FACTS).to(dtype).train()
     return cfg, distiller, build_optimizer(distiller.learnable_parameters(), cfg)
 
@@ -189,3 +192,30 @@ def test_dot_run_interrupted_mid_epoch_resumes_bit_identical(tmp_path, monkeypat
     resumed = train(cfg(str(tmp_path / "cut")), resume=True)["run_dir"]
     a, b = (torch.load(os.path.join(d, "student_latest"), weights_only=True)["model"] for d in (resumed, reference))
     assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def _torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           os.path.join(REPO, "tools/train.py"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+def test_dot_under_ddp_averages_both_gradients_and_keeps_replicas_identical(tmp_path):
+    """2 processes (gloo) = 1 process on the same global batch (GroupNorm: per-sample maths), and the ranks'
+    weights stay bit-identical: DOT averages both gradients over the ranks itself (the forward is no_sync)."""
+    torch.manual_seed(0)
+    ckpt = str(tmp_path / "teacher.pth")
+    torch.save({"format": "kdlab-student", "model": build_model("digits_teacher", 10, in_channels=1).state_dict(),
+                "arch": "digits_teacher", "num_classes": 10, "epoch": 0}, ckpt)
+    opts = ["--cfg", CFG, "DISTILLER.TEACHER_CKPT", ckpt, "SOLVER.EPOCHS", "1", "SOLVER.MAX_STEPS_PER_EPOCH", "8",
+            "LOG.PROGRESS", "False", "SOLVER.DEVICE", "cpu"]
+    runs = {name: _torchrun(n, *opts, "LOG.PREFIX", str(tmp_path / name), "DISTILLER.MODEL_KWARGS.NORM", "gn")
+            for name, n in (("one", 1), ("two", 2))}
+    for res in runs.values():
+        assert res.returncode == 0, res.stderr[-3000:]
+    assert "student weights identical on all 2 ranks: yes" in runs["two"].stderr
+    a, b = (torch.load(tmp_path / name / "digits" / "kd,dot,digits_teacher,digits_student" / "student_latest",
+                       weights_only=True)["model"] for name in ("one", "two"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
