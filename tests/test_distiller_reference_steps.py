@@ -3,7 +3,8 @@
 tests/reference/step_refs.json holds, per case, what the reference distiller (mdistiller's or
 the logit-standardization-KD repository's, configured by a peer YAML file and, for *_ls cases,
 --logit-stand) did in three SGD steps from seeded weights on seeded batches: each step's losses
-and a digest of the student's (and FitNet's connector's, ReviewKD's ABFs') weights afterwards. It was made once by
+and a digest of the student's (and FitNet's connector's, ReviewKD's ABFs') weights afterwards
+(*_dot cases: mdistiller's DOT trainer's steps). It was made once by
 tests/reference/make_step_refs.py; the helpers (weights, batches, digests) are imported from it,
 so both sides start from the same numbers. Both sides run in float64 (refs.DTYPE): in float32,
 steps from random weights are chaotic enough that the order of a reduction (which differs between
@@ -24,6 +25,7 @@ from conftest import unflatten
 from kdlab.config import get_cfg, load_cfg
 from kdlab.config.load import merge_dict
 from kdlab.distillers import DatasetFacts, build_distiller
+from kdlab.engine import dot
 from kdlab.engine.optim import build_optimizer, build_scheduler, set_lr
 from kdlab.models import build_model
 
@@ -102,9 +104,12 @@ def test_steps_match_reference(case):
         assert sorted(losses) == sorted(expected), f"step {step}"
         for name, value in losses.items():
             assert _close(value.item(), expected[name], rel), f"step {step} {name}: {value.item()} vs {expected[name]}"
-        optimizer.zero_grad()
-        sum(losses.values()).backward()
-        optimizer.step()
+        if cfg.SOLVER.TRAINER == "dot":  # the Trainer's DOT update (AMP off: a disabled GradScaler)
+            dot.backward_and_step(optimizer, losses, torch.amp.GradScaler("cpu", enabled=False))
+        else:
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()
     for name, module in modules.items():
         after = module.state_dict()
         got, want = refs.digest(after), ref["digest"][name]

@@ -11,7 +11,7 @@ from yacs.config import CfgNode as CN
 # Reference-compatibility only: key groups that exist so that mdistiller's YAML files load, for
 # methods and trainers kdlab does not implement yet (naming one of those methods or trainers is
 # refused; these keys change nothing). A group leaves this list when its method is implemented.
-REFERENCE_ONLY = ("OFD", "VID", "CRD", "SOLVER.DOT")
+REFERENCE_ONLY = ("OFD", "VID", "CRD")
 
 _C = CN()
 
@@ -51,7 +51,7 @@ _C.DISTILLER.TEACHER_KWARGS = CN(new_allowed=True)  # extra keyword args for the
 
 # ---------------------------------------------------------------- solver
 _C.SOLVER = CN()
-_C.SOLVER.TRAINER = "base"  # base | aug | ours (two views, MLKD); mdistiller's crd, dot: not implemented yet
+_C.SOLVER.TRAINER = "base"  # base | aug | ours (two views, MLKD) | dot (DOT, SGD only); mdistiller's crd: not yet
 _C.SOLVER.BATCH_SIZE = 64  # global batch; under torchrun split evenly over ranks
 _C.SOLVER.EPOCHS = 240  # total training epochs
 _C.SOLVER.LR = 0.05  # base learning rate (for SOLVER.BATCH_SIZE)
@@ -84,8 +84,9 @@ _C.SOLVER.MAX_STEPS_PER_EPOCH = 0  # stop each epoch after this many steps (smok
 _C.SOLVER.SKIP_NONFINITE = False  # skip a batch whose loss is NaN/Inf instead of stopping
 _C.SOLVER.DIST_BACKEND = ""  # torchrun: "" = nccl on CUDA, gloo on CPU
 _C.SOLVER.SYNC_BN = False  # torchrun: convert student BatchNorm to SyncBatchNorm
-_C.SOLVER.DOT = CN()  # reference-compatibility only (REFERENCE_ONLY): the DOT trainer is not implemented yet
-_C.SOLVER.DOT.DELTA = 0.075  # DOT trainer (mdistiller): momentum delta
+_C.SOLVER.DOT = CN()  # SOLVER.TRAINER dot (Zhao et al. ICCV 2023, mdistiller's DOT; kdlab/engine/dot.py)
+# momentum of the CE gradient = MOMENTUM - DELTA, of the distillation gradient = MOMENTUM + DELTA (0: plain SGD)
+_C.SOLVER.DOT.DELTA = 0.075
 
 # ---------------------------------------------------------------- logging
 _C.LOG = CN()

@@ -10,10 +10,11 @@ from kdlab.config import hooks
 from kdlab.errors import ConfigError
 from kdlab.registry import closest_names
 
-# SOLVER.TRAINER: base (one view), aug/ours (two views, MLKD). mdistiller's crd and dot trainers
-# are not implemented yet and refused, so that no config value is silently ignored.
-TRAINERS = ("base", "aug", "ours")
-TRAINERS_NOT_YET_IMPLEMENTED = ("crd", "dot")
+# SOLVER.TRAINER: base (one view), aug/ours (two views, MLKD), dot (mdistiller's DOT; kdlab.engine.dot
+# checks its settings through hooks.register_validator).
+# mdistiller's crd trainer is not implemented yet and refused, so that no config value is silently ignored.
+TRAINERS = ("base", "aug", "ours", "dot")
+TRAINERS_NOT_YET_IMPLEMENTED = ("crd",)
 TWO_VIEW_TRAINERS = ("aug", "ours")  # the reference code's trainers that feed two views per image
 # Keys whose valid names are registered by the packages that own them (kdlab.config.hooks), in checking order.
 REGISTERED_NAME_KEYS = (

@@ -2,7 +2,7 @@
 
     python tests/reference/make_step_refs.py --mdistiller /path/to/mdistiller \
         --ls-repo /path/to/logit-standardization-KD --peer-configs /path/to/shared/reference/peer_configs \
-        [--out tests/reference/step_refs.json]
+        [--out tests/reference/step_refs.json] [--only CASE ...  (merged into the existing --out file)]
 
 Each case configures a reference distiller from a peer YAML file (mdistiller's or the
 logit-standardization-KD repository's, with --logit-stand applied as that repository's
@@ -11,7 +11,9 @@ fills every weight from its state-dict key alone (`seeded_state_dict`), and runs
 the way mdistiller's trainer does: forward (in float64: in float32, steps from random weights are
 chaotic enough that the last bits of a reduction, which differ between CPUs and thread counts,
 move the result by ~1e-5), loss = sum of the loss dict, backward,
-SGD(lr, momentum, weight decay) on the distiller's learnable parameters, the LR set per epoch.
+SGD(lr, momentum, weight decay) on the distiller's learnable parameters, the LR set per epoch
+(cases under SOLVER.TRAINER dot: mdistiller's DOT optimizer driven as its DOT trainer drives it,
+loss_kd backward + step_kd, then loss_ce backward + step).
 It stores each step's losses, a digest of the student (and connector) weights after the steps,
 and the resolved config values, so tests/test_distiller_reference_steps.py can repeat the steps
 with kdlab and compare. Only this script imports the reference code; the helpers above `main`
@@ -52,6 +54,7 @@ _SP = ("SP.LOSS.CE_WEIGHT", "SP.LOSS.FEAT_WEIGHT")
 _NST = ("NST.LOSS.CE_WEIGHT", "NST.LOSS.FEAT_WEIGHT")
 _REVIEWKD = tuple(f"REVIEWKD.{k}" for k in ("CE_WEIGHT", "REVIEWKD_WEIGHT", "WARMUP_EPOCHS", "SHAPES", "OUT_SHAPES",
                                              "IN_CHANNELS", "OUT_CHANNELS", "MAX_MID_CHANNEL", "STU_PREACT"))
+_DOT = ("SOLVER.TRAINER", "SOLVER.DOT.DELTA")
 CASES = {
     "kd": ("mdistiller", "mdistiller/cifar100/kd.yaml", False, _KD + _SOLVER),
     "kd_ls": ("ls", "logit-standardization-KD/cifar100/kd/resnet32x4_resnet8x4.yaml", True, _KD + _SOLVER),
@@ -67,10 +70,16 @@ CASES = {
     "sp": ("mdistiller", "mdistiller/cifar100/sp.yaml", False, _SP + _SOLVER),
     "nst": ("mdistiller", "mdistiller/cifar100/nst.yaml", False, _NST + _SOLVER),
     "reviewkd": ("mdistiller", "mdistiller/cifar100/reviewkd.yaml", False, _REVIEWKD + _SOLVER),
+    "kd_dot": ("mdistiller", "mdistiller/cifar100/dot/res32x4_res8x4.yaml", False, _KD + _SOLVER + _DOT),
+    "dkd_dot": ("mdistiller", "mdistiller/cifar100/dkd/res32x4_res8x4.yaml", False, _DKD + _SOLVER + _DOT),
 }
 # Per-pair keys set for the small models (the peer YAML's values are for its own pair), on both sides:
 # resnet8 and resnet14 both review 16, 32, 64 channels and the 64-d pooled feature (sizes 32, 16, 8, 1).
-CASE_OPTS = {"reviewkd": {"REVIEWKD.IN_CHANNELS": [16, 32, 64, 64], "REVIEWKD.OUT_CHANNELS": [16, 32, 64, 64]}}
+# dkd_dot: DKD under mdistiller's DOT trainer with the DOT YAMLs' delta (mdistiller ships DOT YAMLs for KD only).
+CASE_OPTS = {
+    "reviewkd": {"REVIEWKD.IN_CHANNELS": [16, 32, 64, 64], "REVIEWKD.OUT_CHANNELS": [16, 32, 64, 64]},
+    "dkd_dot": {"SOLVER.TRAINER": "dot", "SOLVER.DOT.DELTA": 0.075},
+}
 # The reference's loss names -> kdlab's (mdistiller calls every feature term "loss_kd").
 LOSS_NAMES = {
     case: {"loss_kd": "loss_feat"} for case in ("fitnet", "pkt", "rkd", "kdsvd", "at", "sp", "nst", "reviewkd")
@@ -186,6 +195,43 @@ def _lookup(cfg, key: str):
     return list(node) if isinstance(node, (list, tuple)) else node
 
 
+def _reference_optimizer(repo_path: str, cfg, params):
+    """SGD as mdistiller's BaseTrainer builds it, or under SOLVER.TRAINER dot its DOT trainer's optimizer."""
+    if cfg.SOLVER.TRAINER != "dot":
+        return torch.optim.SGD(params, lr=cfg.SOLVER.LR, momentum=cfg.SOLVER.MOMENTUM,
+                               weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+    sys.path.insert(0, repo_path)
+    try:
+        from mdistiller.engine.dot import DistillationOrientedTrainer
+    finally:
+        sys.path.remove(repo_path)
+    return DistillationOrientedTrainer(  # mdistiller's DOT.init_optimizer
+        params,
+        lr=cfg.SOLVER.LR,
+        momentum=cfg.SOLVER.MOMENTUM - cfg.SOLVER.DOT.DELTA,
+        momentum_kd=cfg.SOLVER.MOMENTUM + cfg.SOLVER.DOT.DELTA,
+        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+    )
+
+
+def _reference_update(cfg, optimizer, loss_dict) -> None:
+    """BaseTrainer.train_iter's update, or DOT.train_iter's (KD backward, step_kd, CE backward, step)."""
+    if cfg.SOLVER.TRAINER != "dot":
+        loss = sum(v.mean() for v in loss_dict.values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return
+    loss_ce = loss_dict["loss_ce"].mean()
+    loss_kd = sum(v.mean() for k, v in loss_dict.items() if k != "loss_ce")  # mdistiller: its one loss_kd
+    optimizer.zero_grad(set_to_none=True)
+    loss_kd.backward(retain_graph=True)
+    optimizer.step_kd()
+    optimizer.zero_grad(set_to_none=True)
+    loss_ce.backward()
+    optimizer.step()
+
+
 def run_reference_case(case: str, repo_path: str, peer_root: Path) -> dict:
     kind, peer, logit_stand, keys = CASES[case]
     distillers, base_cfg, utils, models = _import_reference(repo_path)
@@ -199,12 +245,7 @@ def run_reference_case(case: str, repo_path: str, peer_root: Path) -> dict:
         load_seeded(module, name + ".")
     before = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in trained_modules(distiller, case).items()}
     distiller.train()
-    optimizer = torch.optim.SGD(
-        distiller.get_learnable_parameters(),
-        lr=cfg.SOLVER.LR,
-        momentum=cfg.SOLVER.MOMENTUM,
-        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
-    )
+    optimizer = _reference_optimizer(repo_path, cfg, distiller.get_learnable_parameters())
     two_views = cfg.DISTILLER.TYPE == "MLKD"
     renames = LOSS_NAMES.get(case, {})
     losses = []
@@ -215,16 +256,14 @@ def run_reference_case(case: str, repo_path: str, peer_root: Path) -> dict:
             _, loss_dict = distiller(image_weak=image[0], image_strong=image[1], target=target, epoch=epoch)
         else:
             _, loss_dict = distiller(image=image, target=target, epoch=epoch)
-        loss = sum(v.mean() for v in loss_dict.values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        _reference_update(cfg, optimizer, loss_dict)
         losses.append({renames.get(k, k): _round(v) for k, v in loss_dict.items()})
     after = {n: m.state_dict() for n, m in trained_modules(distiller, case).items()}
     return {
         "reference": kind,
         "peer_config": peer,
         "logit_stand": logit_stand,
+        "opts": case_opts(case),
         "config": {k: _lookup(cfg, k) for k in ("DISTILLER.TYPE", *keys)},
         "losses": losses,
         "digest": {n: digest(s) for n, s in after.items()},
@@ -251,7 +290,7 @@ def main() -> None:
         cases[case] = run_reference_case(case, repos[CASES[case][0]], Path(args.peer_configs))
         print(case, cases[case]["losses"][-1])
     out = {
-        "about": "reference distillers' losses and student weights after SGD steps; see make_step_refs.py",
+        "about": "reference distillers' losses and student weights after SGD (or DOT) steps; see make_step_refs.py",
         "seed": SEED,
         "batch": BATCH,
         "size": SIZE,
@@ -261,7 +300,7 @@ def main() -> None:
         "step_epochs": list(STEP_EPOCHS),
         "torch": torch.__version__,
         "dtype": str(DTYPE).removeprefix("torch."),
-        "cases": {case: cases[case] for case in sorted(cases, key=lambda c: list(CASES).index(c) if c in CASES else 0)},
+        "cases": {case: cases[case] for case in CASES if case in cases},
     }
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     print("wrote", args.out)
