@@ -17,7 +17,7 @@ DISTILLERS = Registry("distiller")
 # mdistiller / logit-standardization-KD names that kdlab reads as another registered method.
 ALIASES = {"KD_ours": "MLKD"}
 # Methods of the reference code that configs may name but kdlab does not implement yet.
-NOT_YET_IMPLEMENTED = ("CRD", "DKD_aug", "OFD", "REVIEWKD", "VID", "Sonly")
+NOT_YET_IMPLEMENTED = ("CRD", "DKD_aug", "REVIEWKD", "Sonly")
 
 
 def resolve_method(name: str) -> str:
