@@ -50,6 +50,8 @@ _KDSVD = ("KDSVD.K", "KDSVD.LOSS.CE_WEIGHT", "KDSVD.LOSS.FEAT_WEIGHT")
 _AT = ("AT.P", "AT.LOSS.CE_WEIGHT", "AT.LOSS.FEAT_WEIGHT")
 _SP = ("SP.LOSS.CE_WEIGHT", "SP.LOSS.FEAT_WEIGHT")
 _NST = ("NST.LOSS.CE_WEIGHT", "NST.LOSS.FEAT_WEIGHT")
+_OFD = ("OFD.LOSS.CE_WEIGHT", "OFD.LOSS.FEAT_WEIGHT", "OFD.CONNECTOR.KERNEL_SIZE")
+_VID = ("VID.LOSS.CE_WEIGHT", "VID.LOSS.FEAT_WEIGHT", "VID.EPS", "VID.INIT_PRED_VAR", "VID.INPUT_SIZE")
 CASES = {
     "kd": ("mdistiller", "mdistiller/cifar100/kd.yaml", False, _KD + _SOLVER),
     "kd_ls": ("ls", "logit-standardization-KD/cifar100/kd/resnet32x4_resnet8x4.yaml", True, _KD + _SOLVER),
@@ -64,9 +66,13 @@ CASES = {
     "at": ("mdistiller", "mdistiller/cifar100/at.yaml", False, _AT + _SOLVER),
     "sp": ("mdistiller", "mdistiller/cifar100/sp.yaml", False, _SP + _SOLVER),
     "nst": ("mdistiller", "mdistiller/cifar100/nst.yaml", False, _NST + _SOLVER),
+    "ofd": ("mdistiller", "mdistiller/cifar100/ofd.yaml", False, _OFD + _SOLVER),
+    "vid": ("mdistiller", "mdistiller/cifar100/vid.yaml", False, _VID + _SOLVER),
 }
 # The reference's loss names -> kdlab's (mdistiller calls every feature term "loss_kd").
-LOSS_NAMES = {case: {"loss_kd": "loss_feat"} for case in ("fitnet", "pkt", "rkd", "kdsvd", "at", "sp", "nst")}
+LOSS_NAMES = {
+    case: {"loss_kd": "loss_feat"} for case in ("fitnet", "pkt", "rkd", "kdsvd", "at", "sp", "nst", "ofd", "vid")
+}
 
 
 def seeded_tensor(key: str, shape: Sequence, dtype: torch.dtype) -> torch.Tensor:
@@ -121,10 +127,14 @@ def delta_norms(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Te
 
 
 def trained_modules(distiller: torch.nn.Module, case: str) -> dict[str, torch.nn.Module]:
-    """The modules whose weights the digest covers: the student, plus FitNet's connector."""
+    """The modules whose weights the digest covers: the student, plus the method's trained extra modules."""
     mods = {"student": distiller.student}
     if case == "fitnet":
         mods["conv_reg"] = distiller.conv_reg
+    if case == "ofd":
+        mods["connectors"] = distiller.connectors
+    if case == "vid":
+        mods["regressors"], mods["log_scales"] = distiller.regressors, distiller.log_scales
     return mods
 
 
@@ -170,6 +180,17 @@ def _lookup(cfg, key: str):
     return list(node) if isinstance(node, (list, tuple)) else node
 
 
+def _register_vid_log_scales(distiller) -> list:
+    """mdistiller's VID keeps its log-scales in a plain list: register them, as kdlab does (see kdlab's vid.py).
+
+    Unregistered, .to(DTYPE) would leave them in float32 and its optimizer would never update them
+    (mdistiller's bug, which kdlab fixes); registered, both sides train them in float64. Returns the
+    parameters to add to the optimizer.
+    """
+    distiller.log_scales = torch.nn.ParameterList(distiller.log_scales)
+    return list(distiller.log_scales)
+
+
 def run_reference_case(case: str, repo_path: str, peer_root: Path) -> dict:
     kind, peer, logit_stand, keys = CASES[case]
     distillers, base_cfg, utils, models = _import_reference(repo_path)
@@ -177,14 +198,17 @@ def run_reference_case(case: str, repo_path: str, peer_root: Path) -> dict:
     torch.manual_seed(0)  # the reference's shape probe (FitNet) draws random data
     student = getattr(models, STUDENT)(num_classes=NUM_CLASSES)
     teacher = getattr(models, TEACHER)(num_classes=NUM_CLASSES)
-    distiller = distillers.distiller_dict[cfg.DISTILLER.TYPE](student, teacher, cfg).to(DTYPE)
-    load_seeded(distiller.teacher, "teacher.")
+    load_seeded(teacher, "teacher.")  # before the distiller: OFD's margins come from the teacher's BatchNorms
+    distiller = distillers.distiller_dict[cfg.DISTILLER.TYPE](student, teacher, cfg)
+    extra_params = _register_vid_log_scales(distiller) if case == "vid" else []
+    distiller = distiller.to(DTYPE)
+    load_seeded(distiller.teacher, "teacher.")  # again, in DTYPE (and undoing a shape probe's statistics)
     for name, module in trained_modules(distiller, case).items():
         load_seeded(module, name + ".")
     before = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in trained_modules(distiller, case).items()}
     distiller.train()
     optimizer = torch.optim.SGD(
-        distiller.get_learnable_parameters(),
+        distiller.get_learnable_parameters() + extra_params,
         lr=cfg.SOLVER.LR,
         momentum=cfg.SOLVER.MOMENTUM,
         weight_decay=cfg.SOLVER.WEIGHT_DECAY,
@@ -224,12 +248,15 @@ def main() -> None:
         "--peer-configs", required=True, help="folder holding mdistiller/ and logit-standardization-KD/"
     )
     parser.add_argument("--out", default=str(Path(__file__).with_name("step_refs.json")))
+    parser.add_argument(
+        "--only", nargs="+", choices=sorted(CASES), help="run only these cases and merge them into --out's cases"
+    )
     args = parser.parse_args()
     torch.set_default_dtype(torch.float32)
     torch.set_num_threads(1)  # as the tests run (conftest.py); KDSVD's float32 SVD depends on it
     repos = {"mdistiller": args.mdistiller, "ls": args.ls_repo}
-    cases = {}
-    for case in CASES:
+    cases = json.loads(Path(args.out).read_text())["cases"] if args.only else {}
+    for case in args.only or CASES:
         cases[case] = run_reference_case(case, repos[CASES[case][0]], Path(args.peer_configs))
         print(case, cases[case]["losses"][-1])
     out = {
@@ -243,7 +270,7 @@ def main() -> None:
         "step_epochs": list(STEP_EPOCHS),
         "torch": torch.__version__,
         "dtype": str(DTYPE).removeprefix("torch."),
-        "cases": cases,
+        "cases": {case: cases[case] for case in CASES if case in cases},
     }
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     print("wrote", args.out)
