@@ -41,6 +41,8 @@ LOSS_KEYS = {
     "AT": {"loss_ce", "loss_feat"},
     "SP": {"loss_ce", "loss_feat"},
     "NST": {"loss_ce", "loss_feat"},
+    "OFD": {"loss_ce", "loss_feat"},
+    "VID": {"loss_ce", "loss_feat"},
 }
 # Parameters each method adds to the digits student with configs/digits/<method>/*.yaml, by hand:
 EXTRA_PARAMS = {
@@ -59,6 +61,11 @@ EXTRA_PARAMS = {
     "AT": 0,  # attention maps need no connector
     "SP": 0,  # B x B similarity matrices: channel counts may differ
     "NST": 0,  # a kernel between channels: channel counts may differ
+    # student stages 16, 32 -> the teacher's last two 64, 128: bias-free 1x1 convs + BatchNorm
+    "OFD": (16 * 64 + 2 * 64) + (32 * 128 + 2 * 128),
+    # stages paired in order, 16 -> 32 and 32 -> 64: three bias-free 1x1 convs each, plus a log-scale per
+    # teacher channel
+    "VID": (16 * 32 + 2 * 32 * 32 + 32) + (32 * 64 + 2 * 64 * 64 + 64),
 }
 
 
