@@ -2,9 +2,9 @@
 
 tests/reference/step_refs.json holds, per case, what the reference distiller (mdistiller's or
 the logit-standardization-KD repository's, configured by a peer YAML file and, for *_ls cases,
---logit-stand) did in three SGD steps from seeded weights on seeded batches: each step's losses
-and a digest of the student's (and FitNet's connector's, ReviewKD's ABFs') weights afterwards
-(*_dot cases: mdistiller's DOT trainer's steps). It was made once by
+--logit-stand) did in three SGD steps (*_dot cases: mdistiller's DOT trainer's steps) from seeded
+weights on seeded batches: each step's losses and a digest of the student's (and the method's
+connectors', ABFs', regressors', log-scales') weights afterwards. It was made once by
 tests/reference/make_step_refs.py; the helpers (weights, batches, digests) are imported from it,
 so both sides start from the same numbers. Both sides run in float64 (refs.DTYPE): in float32,
 steps from random weights are chaotic enough that the order of a reduction (which differs between
@@ -86,6 +86,7 @@ def test_steps_match_reference(case):
     torch.manual_seed(0)
     student = build_model(REFS["student"], REFS["num_classes"])
     teacher = build_model(REFS["teacher"], REFS["num_classes"])
+    refs.load_seeded(teacher, "teacher.")  # as the reference: OFD's margins come from the teacher's BatchNorms
     facts = DatasetFacts(num_classes=REFS["num_classes"], input_size=(refs.SIZE, refs.SIZE), in_channels=3)
     distiller = build_distiller(cfg, student, teacher, facts=facts).to(refs.DTYPE)
     refs.load_seeded(distiller.teacher, "teacher.")

@@ -42,6 +42,8 @@ LOSS_KEYS = {
     "SP": {"loss_ce", "loss_feat"},
     "NST": {"loss_ce", "loss_feat"},
     "REVIEWKD": {"loss_ce", "loss_feat"},
+    "OFD": {"loss_ce", "loss_feat"},
+    "VID": {"loss_ce", "loss_feat"},
 }
 # Parameters each method adds to the digits student with configs/digits/<method>/*.yaml, by hand:
 EXTRA_PARAMS = {
@@ -64,6 +66,11 @@ EXTRA_PARAMS = {
     # 1x1 conv in->32 + BN(32), 3x3 conv 32->out + BN(out), and on all but the deepest a 1x1 conv 64->2 with bias
     "REVIEWKD": sum(c_in * 32 + 2 * 32 + 32 * c_out * 9 + 2 * c_out
                     for c_in, c_out in ((16, 32), (16, 64), (32, 128), (32, 128))) + 3 * (64 * 2 + 2),
+    # student stages 16, 32 -> the teacher's last two 64, 128: bias-free 1x1 convs + BatchNorm
+    "OFD": (16 * 64 + 2 * 64) + (32 * 128 + 2 * 128),
+    # stages paired in order, 16 -> 32 and 32 -> 64: three bias-free 1x1 convs each, plus a log-scale per
+    # teacher channel
+    "VID": (16 * 32 + 2 * 32 * 32 + 32) + (32 * 64 + 2 * 64 * 64 + 64),
 }
 
 

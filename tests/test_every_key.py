@@ -27,10 +27,11 @@ from kdlab.errors import ConfigError
 
 METHOD_CONFIGS = {m: os.path.join(REPO, f"configs/digits/{m.lower()}/digits_teacher_digits_student.yaml")
                   for m in ("KD", "MLKD", "DKD", "FITNET", "CONKD", "FEATKD", "PKT", "RKD", "KDSVD", "AT", "SP", "NST",
-                                                                                   "REVIEWKD")}
+                            "REVIEWKD", "OFD", "VID")}
 METHOD_GROUPS = {"KD": ("KD", "MLKD"), "DKD": ("DKD",), "FITNET": ("FITNET",), "CONKD": ("CONKD",),
                  "FEATKD": ("FEATKD",), "PKT": ("PKT",), "RKD": ("RKD",), "KDSVD": ("KDSVD",),
-                 "AT": ("AT",), "SP": ("SP",), "NST": ("NST",), "REVIEWKD": ("REVIEWKD",)}
+                 "AT": ("AT",), "SP": ("SP",), "NST": ("NST",), "REVIEWKD": ("REVIEWKD",),
+                 "OFD": ("OFD",), "VID": ("VID",)}
 # Short runs in which warm-up (epoch 1) and an LR decay (epoch 2) both happen.
 COMMON = {"SOLVER.EPOCHS": 2, "SOLVER.MAX_STEPS_PER_EPOCH": 2, "SOLVER.BATCH_SIZE": 16, "SOLVER.SCHEDULER": "multistep",
           "SOLVER.WARMUP_EPOCHS": 1, "SOLVER.LR_DECAY_STAGES": [1], "DATASET.NUM_WORKERS": 0, "SOLVER.DEVICE": "cpu",
@@ -136,6 +137,23 @@ def _check_reviewkd_mid(tmp_path, key):
     assert any("REVIEWKD.MAX_MID_CHANNEL 16 is not used" in r.getMessage() for r in records)
 
 
+def _check_vid_input_size(tmp_path, value):
+    """It sizes the zero batch that probes the stage channels (which do not depend on it on digits): a size the
+    models cannot take is a ConfigError naming it, and empty asks for the dataset's size."""
+    from kdlab.distillers import DISTILLERS, DatasetFacts, build_distiller
+    from kdlab.models import build_model
+
+    def build(size):
+        cfg = load_cfg(METHOD_CONFIGS["VID"], ["VID.INPUT_SIZE", str(size)])
+        return build_distiller(cfg, build_model("digits_student", 10, in_channels=1),
+                               build_model("digits_teacher", 10, in_channels=1), facts=DatasetFacts(input_size=(8, 8)))
+    build([8, 8])
+    with pytest.raises(ConfigError, match=r"VID\.INPUT_SIZE \[0, 0\]"):
+        build([0, 0])
+    assert DISTILLERS.get("VID").needed_facts(load_cfg(METHOD_CONFIGS["VID"], ["VID.INPUT_SIZE", "[]"])) == (
+        "input_size",)
+
+
 # (a) by an explicit check, or a reason why no digits run can show the key (keep this short and honest).
 NOT_SEEN_IN_A_DIGITS_RUN = {
     "DATASET.TYPE": "picks the dataset; each builder has its own tests (test_data_*.py, test_voc.py)",
@@ -159,6 +177,7 @@ NOT_SEEN_IN_A_DIGITS_RUN = {
     "FEATKD.INPUT_SIZE": "as FITNET.INPUT_SIZE (FEATKD's connectors pool or upsample to the teacher's size)",
     **{f"REVIEWKD.{k}": _check_reviewkd_list for k in ("SHAPES", "OUT_SHAPES", "IN_CHANNELS", "OUT_CHANNELS")},
     "REVIEWKD.MAX_MID_CHANNEL": _check_reviewkd_mid,
+    "VID.INPUT_SIZE": _check_vid_input_size,
 }
 
 
@@ -173,6 +192,7 @@ def _value(key: str, current, ckpts: dict):
         "SOLVER.BETAS": [0.5, 0.9], "SOLVER.AMP_DTYPE": "float16", "CONKD.SUPCON_VARIANT": "seed",
         "FITNET.HINT_LAYER": 2, "FEATKD.STUDENT_LAYERS": [0, 2], "FEATKD.TEACHER_LAYERS": [1, 2],
         "RKD.PDIST.EPSILON": 1.0,  # a floor above some squared distances (halving 1e-12 touches none of them)
+        "OFD.CONNECTOR.KERNEL_SIZE": 3,  # an odd kernel keeps the size ('same' padding)
         "LOG.PREFIX": "{root}/elsewhere",
         "LOG.TENSORBOARD_FREQ": 1,
         "SOLVER.AMP": True, "SOLVER.CHANNELS_LAST": True,  # auto resolves to fp32 NCHW in tests (no trial)

@@ -11,7 +11,7 @@ from yacs.config import CfgNode as CN
 # Reference-compatibility only: key groups that exist so that mdistiller's YAML files load, for
 # methods and trainers kdlab does not implement yet (naming one of those methods or trainers is
 # refused; these keys change nothing). A group leaves this list when its method is implemented.
-REFERENCE_ONLY = ("OFD", "VID", "CRD")
+REFERENCE_ONLY = ("CRD",)
 
 _C = CN()
 
@@ -186,24 +186,24 @@ _C.NST.LOSS = CN()
 _C.NST.LOSS.CE_WEIGHT = 1.0  # weight of the student's cross-entropy
 _C.NST.LOSS.FEAT_WEIGHT = 50.0  # weight of the neuron-selectivity term (loss_feat)
 
+_C.OFD = CN()  # OFD (Heo et al. 2019): pre-ReLU stage features, margins from the teacher's BatchNorms
+_C.OFD.LOSS = CN()
+_C.OFD.LOSS.CE_WEIGHT = 1.0  # weight of the cross-entropy term loss_ce
+_C.OFD.LOSS.FEAT_WEIGHT = 0.001  # weight of the partial-L2 feature term loss_feat (summed over the stages)
+_C.OFD.CONNECTOR = CN()
+_C.OFD.CONNECTOR.KERNEL_SIZE = 1  # kernel of each connector's conv (student -> teacher channels, then BN)
+
+
+_C.VID = CN()  # VID (Ahn et al. 2019): per-stage regressors predicting the teacher's maps, learned variances
+_C.VID.LOSS = CN()
+_C.VID.LOSS.CE_WEIGHT = 1.0  # weight of the cross-entropy term loss_ce
+_C.VID.LOSS.FEAT_WEIGHT = 1.0  # weight of the Gaussian negative log-likelihood term loss_feat
+_C.VID.EPS = 1e-5  # variance floor: variance = softplus(log_scale) + EPS
+_C.VID.INIT_PRED_VAR = 5.0  # variance each channel starts with (must exceed EPS)
+_C.VID.INPUT_SIZE = (32, 32)  # [H, W] of the zero batch that probes the stage channels; [] = the dataset's size
+
 # ---- the rest of mdistiller's set: reference-compatibility only (REFERENCE_ONLY above). These keys
 # are accepted so that its YAML files load; kdlab does not implement these methods yet.
-
-_C.OFD = CN()
-_C.OFD.LOSS = CN()
-_C.OFD.LOSS.CE_WEIGHT = 1.0  # cross-entropy weight
-_C.OFD.LOSS.FEAT_WEIGHT = 0.001  # feature loss weight
-_C.OFD.CONNECTOR = CN()
-_C.OFD.CONNECTOR.KERNEL_SIZE = 1  # connector conv kernel size
-
-
-_C.VID = CN()
-_C.VID.LOSS = CN()
-_C.VID.LOSS.CE_WEIGHT = 1.0  # cross-entropy weight
-_C.VID.LOSS.FEAT_WEIGHT = 1.0  # feature loss weight
-_C.VID.EPS = 1e-5  # variance floor
-_C.VID.INIT_PRED_VAR = 5.0  # initial predicted variance
-_C.VID.INPUT_SIZE = (32, 32)  # input size used to probe feature shapes
 
 _C.CRD = CN()
 _C.CRD.MODE = "exact"  # exact | relax

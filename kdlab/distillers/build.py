@@ -17,7 +17,7 @@ DISTILLERS = Registry("distiller")
 # mdistiller / logit-standardization-KD names that kdlab reads as another registered method.
 ALIASES = {"KD_ours": "MLKD"}
 # Methods of the reference code that configs may name but kdlab does not implement yet.
-NOT_YET_IMPLEMENTED = ("CRD", "OFD", "VID")
+NOT_YET_IMPLEMENTED = ("CRD",)
 # Names the reference configs use that kdlab refuses at load time, and why (one line each).
 REFUSED = {
     "DKD_aug": "(DKD on MLKD's weak/strong views, named by logit-standardization-KD's "

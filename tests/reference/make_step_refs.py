@@ -55,6 +55,8 @@ _NST = ("NST.LOSS.CE_WEIGHT", "NST.LOSS.FEAT_WEIGHT")
 _REVIEWKD = tuple(f"REVIEWKD.{k}" for k in ("CE_WEIGHT", "REVIEWKD_WEIGHT", "WARMUP_EPOCHS", "SHAPES", "OUT_SHAPES",
                                              "IN_CHANNELS", "OUT_CHANNELS", "MAX_MID_CHANNEL", "STU_PREACT"))
 _DOT = ("SOLVER.TRAINER", "SOLVER.DOT.DELTA")
+_OFD = ("OFD.LOSS.CE_WEIGHT", "OFD.LOSS.FEAT_WEIGHT", "OFD.CONNECTOR.KERNEL_SIZE")
+_VID = ("VID.LOSS.CE_WEIGHT", "VID.LOSS.FEAT_WEIGHT", "VID.EPS", "VID.INIT_PRED_VAR", "VID.INPUT_SIZE")
 CASES = {
     "kd": ("mdistiller", "mdistiller/cifar100/kd.yaml", False, _KD + _SOLVER),
     "kd_ls": ("ls", "logit-standardization-KD/cifar100/kd/resnet32x4_resnet8x4.yaml", True, _KD + _SOLVER),
@@ -71,6 +73,8 @@ CASES = {
     "nst": ("mdistiller", "mdistiller/cifar100/nst.yaml", False, _NST + _SOLVER),
     "reviewkd": ("mdistiller", "mdistiller/cifar100/reviewkd.yaml", False, _REVIEWKD + _SOLVER),
     "kd_dot": ("mdistiller", "mdistiller/cifar100/dot/res32x4_res8x4.yaml", False, _KD + _SOLVER + _DOT),
+    "ofd": ("mdistiller", "mdistiller/cifar100/ofd.yaml", False, _OFD + _SOLVER),
+    "vid": ("mdistiller", "mdistiller/cifar100/vid.yaml", False, _VID + _SOLVER),
     "dkd_dot": ("mdistiller", "mdistiller/cifar100/dkd/res32x4_res8x4.yaml", False, _DKD + _SOLVER + _DOT),
 }
 # Per-pair keys set for the small models (the peer YAML's values are for its own pair), on both sides:
@@ -81,9 +85,8 @@ CASE_OPTS = {
     "dkd_dot": {"SOLVER.TRAINER": "dot", "SOLVER.DOT.DELTA": 0.075},
 }
 # The reference's loss names -> kdlab's (mdistiller calls every feature term "loss_kd").
-LOSS_NAMES = {
-    case: {"loss_kd": "loss_feat"} for case in ("fitnet", "pkt", "rkd", "kdsvd", "at", "sp", "nst", "reviewkd")
-}
+FEATURE_CASES = ("fitnet", "pkt", "rkd", "kdsvd", "at", "sp", "nst", "reviewkd", "ofd", "vid")
+LOSS_NAMES = {case: {"loss_kd": "loss_feat"} for case in FEATURE_CASES}
 
 
 def seeded_tensor(key: str, shape: Sequence, dtype: torch.dtype) -> torch.Tensor:
@@ -138,12 +141,16 @@ def delta_norms(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Te
 
 
 def trained_modules(distiller: torch.nn.Module, case: str) -> dict[str, torch.nn.Module]:
-    """The modules whose weights the digest covers: the student, plus FitNet's connector and ReviewKD's ABFs."""
+    """The modules whose weights the digest covers: the student, plus the method's trained extra modules."""
     mods = {"student": distiller.student}
     if case == "fitnet":
         mods["conv_reg"] = distiller.conv_reg
     if case == "reviewkd":
         mods["abfs"] = distiller.abfs
+    if case == "ofd":
+        mods["connectors"] = distiller.connectors
+    if case == "vid":
+        mods["regressors"], mods["log_scales"] = distiller.regressors, distiller.log_scales
     return mods
 
 
@@ -232,6 +239,17 @@ def _reference_update(cfg, optimizer, loss_dict) -> None:
     optimizer.step()
 
 
+def _register_vid_log_scales(distiller) -> list:
+    """mdistiller's VID keeps its log-scales in a plain list: register them, as kdlab does (see kdlab's vid.py).
+
+    Unregistered, .to(DTYPE) would leave them in float32 and its optimizer would never update them
+    (mdistiller's bug, which kdlab fixes); registered, both sides train them in float64. Returns the
+    parameters to add to the optimizer.
+    """
+    distiller.log_scales = torch.nn.ParameterList(distiller.log_scales)
+    return list(distiller.log_scales)
+
+
 def run_reference_case(case: str, repo_path: str, peer_root: Path) -> dict:
     kind, peer, logit_stand, keys = CASES[case]
     distillers, base_cfg, utils, models = _import_reference(repo_path)
@@ -239,13 +257,16 @@ def run_reference_case(case: str, repo_path: str, peer_root: Path) -> dict:
     torch.manual_seed(0)  # the reference's shape probe (FitNet) draws random data
     student = getattr(models, STUDENT)(num_classes=NUM_CLASSES)
     teacher = getattr(models, TEACHER)(num_classes=NUM_CLASSES)
-    distiller = distillers.distiller_dict[cfg.DISTILLER.TYPE](student, teacher, cfg).to(DTYPE)
-    load_seeded(distiller.teacher, "teacher.")
+    load_seeded(teacher, "teacher.")  # before the distiller: OFD's margins come from the teacher's BatchNorms
+    distiller = distillers.distiller_dict[cfg.DISTILLER.TYPE](student, teacher, cfg)
+    extra_params = _register_vid_log_scales(distiller) if case == "vid" else []
+    distiller = distiller.to(DTYPE)
+    load_seeded(distiller.teacher, "teacher.")  # again, in DTYPE (and undoing a shape probe's statistics)
     for name, module in trained_modules(distiller, case).items():
         load_seeded(module, name + ".")
     before = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in trained_modules(distiller, case).items()}
     distiller.train()
-    optimizer = _reference_optimizer(repo_path, cfg, distiller.get_learnable_parameters())
+    optimizer = _reference_optimizer(repo_path, cfg, distiller.get_learnable_parameters() + extra_params)
     two_views = cfg.DISTILLER.TYPE == "MLKD"
     renames = LOSS_NAMES.get(case, {})
     losses = []
