@@ -55,6 +55,7 @@ def stored_cfg(case: str):
     cfg = get_cfg()
     merge_dict(cfg, unflatten(ref["config"]))
     merge_dict(cfg, MODEL_OPTS)
+    merge_dict(cfg, unflatten(refs.KDLAB_OPTS.get(case, {})))
     cfg.EXPERIMENT.LOGIT_STAND = ref["logit_stand"]
     cfg.freeze()
     return cfg

@@ -200,6 +200,7 @@ _C.VID.LOSS.CE_WEIGHT = 1.0  # weight of the cross-entropy term loss_ce
 _C.VID.LOSS.FEAT_WEIGHT = 1.0  # weight of the Gaussian negative log-likelihood term loss_feat
 _C.VID.EPS = 1e-5  # variance floor: variance = softplus(log_scale) + EPS
 _C.VID.INIT_PRED_VAR = 5.0  # variance each channel starts with (must exceed EPS)
+_C.VID.TRAIN_VARIANCE = True  # train the variances (the paper); False: fixed at INIT_PRED_VAR, as mdistiller runs
 _C.VID.INPUT_SIZE = (32, 32)  # [H, W] of the zero batch that probes the stage channels; [] = the dataset's size
 
 # ---- the rest of mdistiller's set: reference-compatibility only (REFERENCE_ONLY above). These keys

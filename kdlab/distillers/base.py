@@ -99,7 +99,7 @@ class Distiller(nn.Module):
 
     def extra_parameter_count(self) -> int:
         """Number of trainable parameters the method adds on top of the student."""
-        return sum(p.numel() for m in self.extra_modules() for p in m.parameters())
+        return sum(p.numel() for m in self.extra_modules() for p in m.parameters() if p.requires_grad)
 
     @torch.no_grad()
     def teacher_forward(self, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -15,8 +15,11 @@ Gaussian negative log-likelihood 0.5 * ((mean - t)^2 / var + log var) (without t
 - Difference (a bug of mdistiller's): mdistiller keeps the log-scales in a plain Python list, so they
   are not registered: its optimizer never updates them (the variances stay at INIT_PRED_VAR, VID
   reduces to a weighted MSE), checkpoints do not hold them and .to() does not move them. kdlab
-  registers them (nn.ParameterList `log_scales`, after `regressors`) and trains them with the rest,
-  as the paper and the authors' code do (their gradient is the only one).
+  registers them (nn.ParameterList `log_scales`, after `regressors`) and, by default, trains them with
+  the rest, as the paper and the authors' code do. VID.TRAIN_VARIANCE False freezes them
+  (requires_grad False, not counted as extra parameters): mdistiller's behaviour, step for step (the
+  reference case vid_mdistiller checks it; the frozen variances are computed in float32, as mdistiller's
+  unregistered tensors are, even in a float64 model).
 - The regressors have the reference's parameter order, shapes and state-dict keys
   (regressors.<i>.0/.2/.4.weight), so a reference checkpoint's regressor weights copy in by order (it
   holds no log-scales: they keep their initial value).
@@ -69,7 +72,7 @@ class VID(Distiller):
     dataset_facts = ("input_size",)  # channels are probed at the training size if VID.INPUT_SIZE is empty
 
     def __init__(self, student, teacher, ce_weight: float, feat_weight: float, eps: float = 1e-5,
-                 init_pred_var: float = 5.0, input_size=(32, 32)) -> None:
+                 init_pred_var: float = 5.0, input_size=(32, 32), train_variance: bool = True) -> None:
         super().__init__(student, teacher)
         if not eps >= 0 or not init_pred_var > eps:
             raise ConfigError(
@@ -84,7 +87,8 @@ class VID(Distiller):
         log_scales = []
         for s, t in zip(s_channels, t_channels):
             self.regressors.append(vid_regressor(s, t))
-            log_scales.append(nn.Parameter(init * torch.ones(t)))  # float32, as the reference's
+            # float32, as the reference's
+            log_scales.append(nn.Parameter(init * torch.ones(t), requires_grad=train_variance))
         self.log_scales = nn.ParameterList(log_scales)
 
     @staticmethod
@@ -111,6 +115,7 @@ class VID(Distiller):
             eps=cfg.VID.EPS,
             init_pred_var=cfg.VID.INIT_PRED_VAR,
             input_size=probe_size("VID.INPUT_SIZE", cfg.VID.INPUT_SIZE, facts),
+            train_variance=cfg.VID.TRAIN_VARIANCE,
         )
 
     def forward_train(self, image, target, **extras):
@@ -119,6 +124,8 @@ class VID(Distiller):
         loss_vid = 0
         pairs = zip(self.regressors, self.log_scales, feats_student["feats"][1:], feats_teacher["feats"][1:])
         for regressor, log_scale, f_s, f_t in pairs:
+            if not log_scale.requires_grad:  # mdistiller's never-moved float32 tensor, whatever the model dtype
+                log_scale = log_scale.float()
             loss_vid += vid_loss(regressor, log_scale, f_s, f_t, self.eps)
         return logits_student, {
             "loss_ce": self.ce_weight * cross_entropy(logits_student, target),

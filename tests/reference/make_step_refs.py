@@ -75,6 +75,7 @@ CASES = {
     "kd_dot": ("mdistiller", "mdistiller/cifar100/dot/res32x4_res8x4.yaml", False, _KD + _SOLVER + _DOT),
     "ofd": ("mdistiller", "mdistiller/cifar100/ofd.yaml", False, _OFD + _SOLVER),
     "vid": ("mdistiller", "mdistiller/cifar100/vid.yaml", False, _VID + _SOLVER),
+    "vid_mdistiller": ("mdistiller", "mdistiller/cifar100/vid.yaml", False, _VID + _SOLVER),
     "dkd_dot": ("mdistiller", "mdistiller/cifar100/dkd/res32x4_res8x4.yaml", False, _DKD + _SOLVER + _DOT),
 }
 # Per-pair keys set for the small models (the peer YAML's values are for its own pair), on both sides:
@@ -85,7 +86,10 @@ CASE_OPTS = {
     "dkd_dot": {"SOLVER.TRAINER": "dot", "SOLVER.DOT.DELTA": 0.075},
 }
 # The reference's loss names -> kdlab's (mdistiller calls every feature term "loss_kd").
-FEATURE_CASES = ("fitnet", "pkt", "rkd", "kdsvd", "at", "sp", "nst", "reviewkd", "ofd", "vid")
+# kdlab-only keys of a case (the reference has no such key): vid_mdistiller runs mdistiller's VID as it ships
+# (variances never trained), which kdlab reproduces with VID.TRAIN_VARIANCE False.
+KDLAB_OPTS = {"vid_mdistiller": {"VID.TRAIN_VARIANCE": False}}
+FEATURE_CASES = ("fitnet", "pkt", "rkd", "kdsvd", "at", "sp", "nst", "reviewkd", "ofd", "vid", "vid_mdistiller")
 LOSS_NAMES = {case: {"loss_kd": "loss_feat"} for case in FEATURE_CASES}
 
 
@@ -151,6 +155,8 @@ def trained_modules(distiller: torch.nn.Module, case: str) -> dict[str, torch.nn
         mods["connectors"] = distiller.connectors
     if case == "vid":
         mods["regressors"], mods["log_scales"] = distiller.regressors, distiller.log_scales
+    if case == "vid_mdistiller":  # the variances stay at their initial value
+        mods["regressors"] = distiller.regressors
     return mods
 
 
