@@ -2,8 +2,9 @@
 
 tests/reference/step_refs.json holds, per case, what the reference distiller (mdistiller's or
 the logit-standardization-KD repository's, configured by a peer YAML file and, for *_ls cases,
---logit-stand) did in three SGD steps from seeded weights on seeded batches: each step's losses
-and a digest of the student's (and FitNet's connector's) weights afterwards. It was made once by
+--logit-stand) did in three SGD steps (*_dot cases: mdistiller's DOT trainer's steps) from seeded
+weights on seeded batches: each step's losses and a digest of the student's (and the method's
+connectors', ABFs', regressors', log-scales') weights afterwards. It was made once by
 tests/reference/make_step_refs.py; the helpers (weights, batches, digests) are imported from it,
 so both sides start from the same numbers. Both sides run in float64 (refs.DTYPE): in float32,
 steps from random weights are chaotic enough that the order of a reduction (which differs between
@@ -24,6 +25,7 @@ from conftest import unflatten
 from kdlab.config import get_cfg, load_cfg
 from kdlab.config.load import merge_dict
 from kdlab.distillers import DatasetFacts, build_distiller
+from kdlab.engine import dot
 from kdlab.engine.optim import build_optimizer, build_scheduler, set_lr
 from kdlab.models import build_model
 
@@ -53,6 +55,7 @@ def stored_cfg(case: str):
     cfg = get_cfg()
     merge_dict(cfg, unflatten(ref["config"]))
     merge_dict(cfg, MODEL_OPTS)
+    merge_dict(cfg, unflatten(refs.KDLAB_OPTS.get(case, {})))
     cfg.EXPERIMENT.LOGIT_STAND = ref["logit_stand"]
     cfg.freeze()
     return cfg
@@ -64,8 +67,7 @@ def test_peer_yaml_resolves_like_the_reference(case, peer_config_dir):
     ref = REFS["cases"][case]
     peer = Path(peer_config_dir) / ref["peer_config"]
     assert peer.is_file(), f"{ref['peer_config']} is not in tests/reference/peer_configs.json"
-    opts = ["DISTILLER.TEACHER", REFS["teacher"], "DISTILLER.STUDENT", REFS["student"]]
-    opts += [str(v) for v in refs.CASE_OPTS.get(case, ())]  # keys fitted to the small models, as the reference's
+    opts = ["DISTILLER.TEACHER", REFS["teacher"], "DISTILLER.STUDENT", REFS["student"], *refs.case_opts(case)]
     cfg = load_cfg(str(peer), opts, logit_stand=ref["logit_stand"])
     assert cfg.EXPERIMENT.LOGIT_STAND == ref["logit_stand"]
     for key, value in ref["config"].items():
@@ -85,6 +87,7 @@ def test_steps_match_reference(case):
     torch.manual_seed(0)
     student = build_model(REFS["student"], REFS["num_classes"])
     teacher = build_model(REFS["teacher"], REFS["num_classes"])
+    refs.load_seeded(teacher, "teacher.")  # as the reference: OFD's margins come from the teacher's BatchNorms
     facts = DatasetFacts(num_classes=REFS["num_classes"], input_size=(refs.SIZE, refs.SIZE), in_channels=3,
                          num_train=refs.NUM_DATA, train_targets=refs.train_targets())
     distiller = build_distiller(cfg, student, teacher, facts=facts).to(refs.DTYPE)
@@ -103,9 +106,12 @@ def test_steps_match_reference(case):
         assert sorted(losses) == sorted(expected), f"step {step}"
         for name, value in losses.items():
             assert _close(value.item(), expected[name], rel), f"step {step} {name}: {value.item()} vs {expected[name]}"
-        optimizer.zero_grad()
-        sum(losses.values()).backward()
-        optimizer.step()
+        if cfg.SOLVER.TRAINER == "dot":  # the Trainer's DOT update (AMP off: a disabled GradScaler)
+            dot.backward_and_step(optimizer, losses, torch.amp.GradScaler("cpu", enabled=False))
+        else:
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()
     for name, module in modules.items():
         after = module.state_dict()
         got, want = refs.digest(after), ref["digest"][name]

@@ -83,7 +83,9 @@ def test_terms_reach_the_student_and_follow_the_teacher(method):
         b.load_state_dict(a.state_dict())
     _, other_losses = other(image, target, epoch=LATE_EPOCH, index=index)  # only the teacher differs
     assert torch.equal(losses["loss_ce"], other_losses["loss_ce"])
-    follow = [t for t in distillation_terms(losses) if not torch.isclose(losses[t], other_losses[t], rtol=1e-4)]
+    # Same student, same batch: a term that ignores the teacher is bit-identical. rtol 1e-6, not looser: VID's
+    # term is dominated by its teacher-free log-variance on these untrained teachers' small maps (~4e-5 apart).
+    follow = [t for t in distillation_terms(losses) if not torch.isclose(losses[t], other_losses[t], rtol=1e-6)]
     assert follow, f"{method}: no term depends on the teacher"
     for term in distillation_terms(losses):
         distiller.zero_grad()

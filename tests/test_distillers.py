@@ -41,6 +41,9 @@ LOSS_KEYS = {
     "AT": {"loss_ce", "loss_feat"},
     "SP": {"loss_ce", "loss_feat"},
     "NST": {"loss_ce", "loss_feat"},
+    "REVIEWKD": {"loss_ce", "loss_feat"},
+    "OFD": {"loss_ce", "loss_feat"},
+    "VID": {"loss_ce", "loss_feat"},
     "CRD": {"loss_ce", "loss_feat"},
 }
 # Parameters each method adds to the digits student with configs/digits/<method>/*.yaml, by hand:
@@ -60,6 +63,15 @@ EXTRA_PARAMS = {
     "AT": 0,  # attention maps need no connector
     "SP": 0,  # B x B similarity matrices: channel counts may differ
     "NST": 0,  # a kernel between channels: channel counts may differ
+    # four ABFs, fusion width min(512, 32) = 32, IN_CHANNELS [16, 16, 32, 32] -> OUT_CHANNELS [32, 64, 128, 128]:
+    # 1x1 conv in->32 + BN(32), 3x3 conv 32->out + BN(out), and on all but the deepest a 1x1 conv 64->2 with bias
+    "REVIEWKD": sum(c_in * 32 + 2 * 32 + 32 * c_out * 9 + 2 * c_out
+                    for c_in, c_out in ((16, 32), (16, 64), (32, 128), (32, 128))) + 3 * (64 * 2 + 2),
+    # student stages 16, 32 -> the teacher's last two 64, 128: bias-free 1x1 convs + BatchNorm
+    "OFD": (16 * 64 + 2 * 64) + (32 * 128 + 2 * 128),
+    # stages paired in order, 16 -> 32 and 32 -> 64: three bias-free 1x1 convs each, plus a log-scale per
+    # teacher channel
+    "VID": (16 * 32 + 2 * 32 * 32 + 32) + (32 * 64 + 2 * 64 * 64 + 64),
     # embedding heads Linear(32, 128) and Linear(128, 128) with biases; the memory bank (2 x 1437 x 128) is
     # a buffer, not a parameter (mdistiller's get_extra_parameters counts it too)
     "CRD": (32 * 128 + 128) + (128 * 128 + 128),
@@ -393,3 +405,16 @@ def test_digits_run_smoke(method, digits_teacher_ckpt, tmp_path):
     assert summary["extra_params"] == EXTRA_PARAMS[method]
     floor = SMOKE_FLOOR_OF.get(method, SMOKE_FLOOR)
     assert summary["last_acc"] >= floor, f"{method}: {summary['last_acc']:.1f} % after {SMOKE_EPOCHS} epochs"
+
+
+def test_sonly_is_cross_entropy_scaled_by_the_kd_ce_weight_without_a_teacher():
+    from kdlab.engine.builder import build_everything
+
+    cfg = load_cfg(str(CONFIGS / "digits" / "sonly" / "digits_student.yaml"), ["KD.LOSS.CE_WEIGHT", "0.25"])
+    _, sonly = build_everything(cfg)
+    assert sonly.teacher is None and sonly.extra_parameter_count() == 0
+    image, target = batch()
+    logits, losses = sonly.train()(image, target)
+    assert set(losses) == {"loss_ce"}
+    expected = 0.25 * torch.nn.functional.cross_entropy(sonly.student(image)[0], target)
+    assert losses["loss_ce"].item() == pytest.approx(expected.item(), rel=1e-6)

@@ -27,17 +27,19 @@ from kdlab.errors import ConfigError
 
 METHOD_CONFIGS = {m: os.path.join(REPO, f"configs/digits/{m.lower()}/digits_teacher_digits_student.yaml")
                   for m in ("KD", "MLKD", "DKD", "FITNET", "CONKD", "FEATKD", "PKT", "RKD", "KDSVD", "AT", "SP", "NST",
-                                                                                             "CRD")}
+                            "REVIEWKD", "OFD", "VID", "CRD")}
 METHOD_GROUPS = {"KD": ("KD", "MLKD"), "DKD": ("DKD",), "FITNET": ("FITNET",), "CONKD": ("CONKD",),
                  "FEATKD": ("FEATKD",), "PKT": ("PKT",), "RKD": ("RKD",), "KDSVD": ("KDSVD",),
-                 "AT": ("AT",), "SP": ("SP",), "NST": ("NST",), "CRD": ("CRD",)}
+                 "AT": ("AT",), "SP": ("SP",), "NST": ("NST",), "REVIEWKD": ("REVIEWKD",),
+                 "OFD": ("OFD",), "VID": ("VID",), "CRD": ("CRD",)}
 # Short runs in which warm-up (epoch 1) and an LR decay (epoch 2) both happen.
 COMMON = {"SOLVER.EPOCHS": 2, "SOLVER.MAX_STEPS_PER_EPOCH": 2, "SOLVER.BATCH_SIZE": 16, "SOLVER.SCHEDULER": "multistep",
           "SOLVER.WARMUP_EPOCHS": 1, "SOLVER.LR_DECAY_STAGES": [1], "DATASET.NUM_WORKERS": 0, "SOLVER.DEVICE": "cpu",
           "LOG.PROGRESS": False, "LOG.SAVE_CHECKPOINT_FREQ": 0, "LOG.TENSORBOARD_FREQ": 500}
 # Keys that act only together with another setting: that setting joins their context.
 CONTEXT = {"SOLVER.MIN_LR": {"SOLVER.SCHEDULER": "cosine", "SOLVER.WARMUP_EPOCHS": 0},
-           "SOLVER.BETAS": {"SOLVER.TYPE": "Adam"}, "SOLVER.AMP_DTYPE": {"SOLVER.AMP": True}}
+           "SOLVER.BETAS": {"SOLVER.TYPE": "Adam"}, "SOLVER.AMP_DTYPE": {"SOLVER.AMP": True},
+           "SOLVER.DOT.DELTA": {"SOLVER.TRAINER": "dot"}}
 REFUSED_AT_LOAD = {"DATASET.IMAGE_SIZE",  # digits images are 8x8 and never resized
                    "SOLVER.AMP_DTYPE",  # float16 autocast needs CUDA
                    "SOLVER.TRAINER"}  # aug/ours feed two views, which KD does not take (MLKD takes them anyway)
@@ -97,6 +99,61 @@ def _check_early_stop(tmp_path, value):
     assert stops(1) and not stops(0)
 
 
+def _reviewkd_distiller(*opts):
+    from kdlab.distillers import DatasetFacts, build_distiller
+    from kdlab.models import build_model
+
+    cfg = load_cfg(METHOD_CONFIGS["REVIEWKD"], list(opts))
+    return build_distiller(cfg, build_model("digits_student", 10, in_channels=1),
+                           build_model("digits_teacher", 10, in_channels=1), facts=DatasetFacts(input_size=(8, 8)))
+
+
+def _check_reviewkd_list(tmp_path, key):
+    """The per-pair lists must be the models' own: another value is a ConfigError naming the key and the models'."""
+    right = {"REVIEWKD.SHAPES": [1, 4, 8, 8], "REVIEWKD.OUT_SHAPES": [1, 2, 4, 8],
+             "REVIEWKD.IN_CHANNELS": [16, 16, 32, 32], "REVIEWKD.OUT_CHANNELS": [32, 64, 128, 128]}[key]
+    _reviewkd_distiller()  # the shipped values build
+    with pytest.raises(ConfigError) as info:
+        _reviewkd_distiller(key, str([v * 2 for v in right]))
+    assert f"{key} {[v * 2 for v in right]} does not match" in str(info.value) and str(right) in str(info.value)
+
+
+def _check_reviewkd_mid(tmp_path, key):
+    """mdistiller reads MAX_MID_CHANNEL but never uses it: kdlab warns and builds the same ABFs."""
+    import logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("kdlab").addHandler(handler)
+    try:
+        torch.manual_seed(0)
+        same = _reviewkd_distiller("REVIEWKD.MAX_MID_CHANNEL", "16").abfs.state_dict()
+    finally:
+        logging.getLogger("kdlab").removeHandler(handler)
+    torch.manual_seed(0)
+    default = _reviewkd_distiller().abfs.state_dict()
+    assert all(torch.equal(default[k], same[k]) for k in default) and default.keys() == same.keys()
+    assert any("REVIEWKD.MAX_MID_CHANNEL 16 is not used" in r.getMessage() for r in records)
+
+
+def _check_vid_input_size(tmp_path, value):
+    """It sizes the zero batch that probes the stage channels (which do not depend on it on digits): a size the
+    models cannot take is a ConfigError naming it, and empty asks for the dataset's size."""
+    from kdlab.distillers import DISTILLERS, DatasetFacts, build_distiller
+    from kdlab.models import build_model
+
+    def build(size):
+        cfg = load_cfg(METHOD_CONFIGS["VID"], ["VID.INPUT_SIZE", str(size)])
+        return build_distiller(cfg, build_model("digits_student", 10, in_channels=1),
+                               build_model("digits_teacher", 10, in_channels=1), facts=DatasetFacts(input_size=(8, 8)))
+    build([8, 8])
+    with pytest.raises(ConfigError, match=r"VID\.INPUT_SIZE \[0, 0\]"):
+        build([0, 0])
+    assert DISTILLERS.get("VID").needed_facts(load_cfg(METHOD_CONFIGS["VID"], ["VID.INPUT_SIZE", "[]"])) == (
+        "input_size",)
+
+
 def _check_crd_dims(tmp_path, key):
     """CRD.FEAT.STUDENT_DIM / TEACHER_DIM state the models' pooled-feature sizes: the heads follow the models,
     and a value that differs is reported (a digits run cannot show it: the right value changes nothing)."""
@@ -146,6 +203,9 @@ NOT_SEEN_IN_A_DIGITS_RUN = {
     "FITNET.INPUT_SIZE": "sizes the zero batch that probes feature shapes; it changes the connector only for "
                          "pairs whose feature maps differ in size at the hint layer, which the digits pair does not",
     "FEATKD.INPUT_SIZE": "as FITNET.INPUT_SIZE (FEATKD's connectors pool or upsample to the teacher's size)",
+    **{f"REVIEWKD.{k}": _check_reviewkd_list for k in ("SHAPES", "OUT_SHAPES", "IN_CHANNELS", "OUT_CHANNELS")},
+    "REVIEWKD.MAX_MID_CHANNEL": _check_reviewkd_mid,
+    "VID.INPUT_SIZE": _check_vid_input_size,
     "CRD.FEAT.STUDENT_DIM": _check_crd_dims,  # the heads follow the models; another value is reported
     "CRD.FEAT.TEACHER_DIM": _check_crd_dims,
 }
@@ -163,6 +223,7 @@ def _value(key: str, current, ckpts: dict):
         "FITNET.HINT_LAYER": 2, "FEATKD.STUDENT_LAYERS": [0, 2], "FEATKD.TEACHER_LAYERS": [1, 2],
         "CRD.MODE": "relax",
         "RKD.PDIST.EPSILON": 1.0,  # a floor above some squared distances (halving 1e-12 touches none of them)
+        "OFD.CONNECTOR.KERNEL_SIZE": 3,  # an odd kernel keeps the size ('same' padding)
         "LOG.PREFIX": "{root}/elsewhere",
         "LOG.TENSORBOARD_FREQ": 1,
         "SOLVER.AMP": True, "SOLVER.CHANNELS_LAST": True,  # auto resolves to fp32 NCHW in tests (no trial)
@@ -277,7 +338,7 @@ def test_reference_only_groups_name_methods_and_trainers_kdlab_lacks():
         for part in group.split("."):
             node = node[part]  # each entry is a group of the defaults
     assert not set(REFERENCE_METHODS) & set(DISTILLERS.names())  # implemented: take it off REFERENCE_ONLY
-    assert "dot" in TRAINERS_NOT_YET_IMPLEMENTED
+    assert not TRAINERS_NOT_YET_IMPLEMENTED  # crd is the base trainer, dot is implemented
 
 
 def test_every_key_changes_behaviour_or_is_reference_only_or_refused(tmp_path, monkeypatch, ckpts):

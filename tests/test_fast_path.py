@@ -221,3 +221,27 @@ def test_bench_data_on_synthetic_cifar(tmp_path):
     assert result["data"] == "synthetic" and result["augment"] == "batched on device"
     assert result["loader_batches"] == 3 and result["loader_images_per_s"] > 0
     assert set(result["augment_images_per_s"]) == {"batched", "per_sample", "per_sample_pil"}
+
+
+def test_method_sweep_times_each_shipped_config_next_to_kd():
+    from kdlab.benchmark.methods import bench_methods, method_configs, select
+    from kdlab.distillers import build_distiller
+    from kdlab.models import build_model
+
+    configs = method_configs("digits")
+    assert {"KD", "DKD", "FITNET", "AT"} <= set(configs) and "NONE" not in configs
+    chosen = select(configs, "fitnet,at")
+    assert list(chosen) == ["KD", "FITNET", "AT"]  # KD first: the baseline of the ratios
+    with pytest.raises(ConfigError, match=r"--method: no shipped config for NOPE; available: .*KD"):
+        select(configs, "NOPE")
+    result = bench_methods(chosen, ["SOLVER.DEVICE", "cpu", "SOLVER.AMP", "False", "SOLVER.CHANNELS_LAST", "False"],
+                           steps=2, warmup=0)
+    methods = result["methods"]
+    assert list(methods) == ["KD", "FITNET", "AT"] and result["precision"] == "fp32"
+    assert methods["KD"]["ratio_vs_kd"] == 1.0
+    for m in methods.values():
+        assert m["step_s"] > 0 and m["ratio_vs_kd"] == pytest.approx(m["step_s"] / methods["KD"]["step_s"])
+    cfg = load_cfg(chosen["FITNET"], ["DATASET.NUM_WORKERS", "0"])
+    fitnet = build_distiller(cfg, build_model("digits_student", 10), build_model("digits_teacher", 10))
+    assert methods["FITNET"]["extra_params"] == fitnet.extra_parameter_count() > 0
+    assert methods["AT"]["extra_params"] == methods["KD"]["extra_params"] == 0

@@ -149,3 +149,21 @@ def test_two_view_trainer_names_need_a_two_view_method():
         digits_cfg(one_view[0], ["SOLVER.TRAINER", "ours"])
     for method in two_view:
         assert digits_cfg(method, ["SOLVER.TRAINER", "ours"]).SOLVER.TRAINER == "ours"
+
+
+def test_readme_methods_table_is_generated_from_the_registry():
+    """The README's methods table is tools/method_table.py's output: a new method is listed by rerunning it."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("method_table", root / "tools" / "method_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    block = readme.split(module.BEGIN)[1].split(module.END)[0]
+    stale = "README methods table is stale: run python tools/method_table.py --write"
+    assert block.strip() == module.table().strip(), stale
+    for name in METHODS:
+        cls = DISTILLERS.get(name)
+        assert cls.paper, f"{name} has no `paper` (the README table's source)"
+        assert cls.group in ("", *get_cfg().keys()), (name, cls.group)

@@ -3,6 +3,7 @@
     python tools/bench.py --cfg configs/cifar100/kd/resnet32x4_resnet8x4.yaml [--steps 10] [--warmup 3]
         [--json] [--reference-repo PATH/TO/mdistiller] [--threads N] [--all-candidates] [KEY VALUE ...]
     python tools/bench.py --cfg ... --data [--json]
+    python tools/bench.py --method all|KD,AT,... [--dataset cifar100] [--pair resnet32x4_resnet8x4] [--json]
 
 The step is Trainer.train_step as training runs it (random teacher weights: no checkpoint or dataset
 needed for CIFAR), with SOLVER.AMP / CHANNELS_LAST `auto` resolved as a run resolves them (a fresh
@@ -11,6 +12,8 @@ auto chose among (`candidates_step_s`; with --all-candidates also those it rules
 a CPU without native bf16), the step with the fast path off (fp32, NCHW, eager: `plain_step_s`) and,
 with --reference-repo, mdistiller's step (`reference_step_s`, `ratio` = step_s / reference_step_s).
 `ratio_vs_best_fixed` = step_s / the fastest fixed setting. Report ratios: absolute times depend on load.
+--method times the step of each method's shipped config for one teacher/student pair, interleaved,
+with its ratio to KD's step (kdlab.benchmark.methods).
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from kdlab.cli import hoist_flags, run_cli  # noqa: E402
 from kdlab.config import load_cfg  # noqa: E402
 
-VALUE_FLAGS = {"--cfg", "--steps", "--warmup", "--reference-repo", "--threads", "--batches"}
+VALUE_FLAGS = {"--cfg", "--steps", "--warmup", "--reference-repo", "--threads", "--batches", "--method", "--pair",
+               "--dataset"}
 BOOL_FLAGS = {"--json", "--data", "--no-plain", "--all-candidates", "--debug", "-h", "--help"}
 
 
@@ -42,6 +46,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-plain", action="store_true", help="skip the fast-path-off baseline")
     p.add_argument("--all-candidates", action="store_true",
                    help="time every precision/memory format this device runs, also those auto rules out")
+    p.add_argument("--method", default="", help="time these methods' shipped configs of one pair: all, or KD,AT,...")
+    p.add_argument("--dataset", default="cifar100", help="--method: the configs/<dataset>/ folder")
+    p.add_argument("--pair", default="", help="--method: config file stem, e.g. resnet32x4_resnet8x4 (the default)")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides, e.g. SOLVER.AMP False")
@@ -105,6 +112,13 @@ def main(argv: list[str]) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.method:
+        from kdlab.benchmark.methods import bench_methods, method_configs, report_methods, select
+
+        configs = select(method_configs(args.dataset, args.pair or None), args.method)
+        result = bench_methods(configs, args.opts, steps=args.steps, warmup=args.warmup)
+        print(json.dumps(result) if args.json else report_methods(result))
+        return 0
     cfg = load_cfg(args.cfg or None, args.opts)
     from kdlab.benchmark import bench_data, bench_step
 

@@ -11,7 +11,7 @@ from yacs.config import CfgNode as CN
 # Reference-compatibility only: key groups that exist so that mdistiller's YAML files load, for
 # methods and trainers kdlab does not implement yet (naming one of those methods or trainers is
 # refused; these keys change nothing). A group leaves this list when its method is implemented.
-REFERENCE_ONLY = ("OFD", "VID", "REVIEWKD", "SOLVER.DOT")
+REFERENCE_ONLY: tuple[str, ...] = ()  # every group of mdistiller's is implemented now
 
 _C = CN()
 
@@ -51,7 +51,7 @@ _C.DISTILLER.TEACHER_KWARGS = CN(new_allowed=True)  # extra keyword args for the
 
 # ---------------------------------------------------------------- solver
 _C.SOLVER = CN()
-_C.SOLVER.TRAINER = "base"  # base | aug | ours (two views, MLKD) | crd (= base: batches carry the index); dot: not yet
+_C.SOLVER.TRAINER = "base"  # base | aug | ours (two views, MLKD) | dot (DOT, SGD only) | crd (= base)
 _C.SOLVER.BATCH_SIZE = 64  # global batch; under torchrun split evenly over ranks
 _C.SOLVER.EPOCHS = 240  # total training epochs
 _C.SOLVER.LR = 0.05  # base learning rate (for SOLVER.BATCH_SIZE)
@@ -84,8 +84,9 @@ _C.SOLVER.MAX_STEPS_PER_EPOCH = 0  # stop each epoch after this many steps (smok
 _C.SOLVER.SKIP_NONFINITE = False  # skip a batch whose loss is NaN/Inf instead of stopping
 _C.SOLVER.DIST_BACKEND = ""  # torchrun: "" = nccl on CUDA, gloo on CPU
 _C.SOLVER.SYNC_BN = False  # torchrun: convert student BatchNorm to SyncBatchNorm
-_C.SOLVER.DOT = CN()  # reference-compatibility only (REFERENCE_ONLY): the DOT trainer is not implemented yet
-_C.SOLVER.DOT.DELTA = 0.075  # DOT trainer (mdistiller): momentum delta
+_C.SOLVER.DOT = CN()  # SOLVER.TRAINER dot (Zhao et al. ICCV 2023, mdistiller's DOT; kdlab/engine/dot.py)
+# momentum of the CE gradient = MOMENTUM - DELTA, of the distillation gradient = MOMENTUM + DELTA (0: plain SGD)
+_C.SOLVER.DOT.DELTA = 0.075
 
 # ---------------------------------------------------------------- logging
 _C.LOG = CN()
@@ -185,26 +186,26 @@ _C.NST.LOSS = CN()
 _C.NST.LOSS.CE_WEIGHT = 1.0  # weight of the student's cross-entropy
 _C.NST.LOSS.FEAT_WEIGHT = 50.0  # weight of the neuron-selectivity term (loss_feat)
 
-# ---- the rest of mdistiller's set: reference-compatibility only (REFERENCE_ONLY above). These keys
-# are accepted so that its YAML files load; kdlab does not implement these methods yet.
-
-_C.OFD = CN()
+_C.OFD = CN()  # OFD (Heo et al. 2019): pre-ReLU stage features, margins from the teacher's BatchNorms
 _C.OFD.LOSS = CN()
-_C.OFD.LOSS.CE_WEIGHT = 1.0  # cross-entropy weight
-_C.OFD.LOSS.FEAT_WEIGHT = 0.001  # feature loss weight
+_C.OFD.LOSS.CE_WEIGHT = 1.0  # weight of the cross-entropy term loss_ce
+_C.OFD.LOSS.FEAT_WEIGHT = 0.001  # weight of the partial-L2 feature term loss_feat (summed over the stages)
 _C.OFD.CONNECTOR = CN()
-_C.OFD.CONNECTOR.KERNEL_SIZE = 1  # connector conv kernel size
+_C.OFD.CONNECTOR.KERNEL_SIZE = 1  # kernel of each connector's conv (student -> teacher channels, then BN)
 
 
-_C.VID = CN()
+_C.VID = CN()  # VID (Ahn et al. 2019): per-stage regressors predicting the teacher's maps, learned variances
 _C.VID.LOSS = CN()
-_C.VID.LOSS.CE_WEIGHT = 1.0  # cross-entropy weight
-_C.VID.LOSS.FEAT_WEIGHT = 1.0  # feature loss weight
-_C.VID.EPS = 1e-5  # variance floor
-_C.VID.INIT_PRED_VAR = 5.0  # initial predicted variance
-_C.VID.INPUT_SIZE = (32, 32)  # input size used to probe feature shapes
+_C.VID.LOSS.CE_WEIGHT = 1.0  # weight of the cross-entropy term loss_ce
+_C.VID.LOSS.FEAT_WEIGHT = 1.0  # weight of the Gaussian negative log-likelihood term loss_feat
+_C.VID.EPS = 1e-5  # variance floor: variance = softplus(log_scale) + EPS
+_C.VID.INIT_PRED_VAR = 5.0  # variance each channel starts with (must exceed EPS)
+_C.VID.TRAIN_VARIANCE = True  # train the variances (the paper); False: fixed at INIT_PRED_VAR, as mdistiller runs
+_C.VID.INPUT_SIZE = (32, 32)  # [H, W] of the zero batch that probes the stage channels; [] = the dataset's size
 
-_C.CRD = CN()  # CRD (contrastive representation distillation; implemented: kdlab/distillers/crd.py)
+# CRD (contrastive representation distillation): embedding heads on the pooled features, a memory bank of
+# the training set, NCE with K negatives from other classes (kdlab/distillers/crd.py).
+_C.CRD = CN()
 _C.CRD.MODE = "exact"  # positive of each sample: exact = the sample itself, relax = a random sample of its class
 _C.CRD.FEAT = CN()
 _C.CRD.FEAT.DIM = 128  # embedding (and memory-bank row) dimension of both heads
@@ -220,16 +221,19 @@ _C.CRD.NCE.K = 16384  # negatives per sample, drawn from other classes (with rep
 _C.CRD.NCE.MOMENTUM = 0.5  # memory-bank update: row = normalize(MOMENTUM * row + (1 - MOMENTUM) * embedding)
 _C.CRD.NCE.TEMPERATURE = 0.07  # contrast scores are exp(bank row . embedding / TEMPERATURE)
 
+# ReviewKD (knowledge review): attention-based fusion (ABF) of the student's features, deepest first, compared
+# with the teacher's preact_feats[1:] and pooled_feat by the HCL loss (kdlab/distillers/reviewkd.py). The four
+# lists are per pair (mdistiller's YAML files set them); the defaults fit resnet32x4 -> resnet8x4 on 32x32 inputs.
 _C.REVIEWKD = CN()
-_C.REVIEWKD.CE_WEIGHT = 1.0  # cross-entropy weight
-_C.REVIEWKD.REVIEWKD_WEIGHT = 1.0  # review loss weight
-_C.REVIEWKD.WARMUP_EPOCHS = 20  # linear warm-up of the review loss
-_C.REVIEWKD.SHAPES = [1, 8, 16, 32]  # student feature map sizes
-_C.REVIEWKD.OUT_SHAPES = [1, 8, 16, 32]  # teacher feature map sizes
-_C.REVIEWKD.IN_CHANNELS = [64, 128, 256, 256]  # student feature channels
-_C.REVIEWKD.OUT_CHANNELS = [64, 128, 256, 256]  # teacher feature channels
-_C.REVIEWKD.MAX_MID_CHANNEL = 512  # ABF fusion width
-_C.REVIEWKD.STU_PREACT = False  # use the student's pre-activation features
+_C.REVIEWKD.CE_WEIGHT = 1.0  # weight of the student's cross-entropy
+_C.REVIEWKD.REVIEWKD_WEIGHT = 1.0  # weight of the review (HCL) term, loss_feat
+_C.REVIEWKD.WARMUP_EPOCHS = 20  # loss_feat is scaled by min(epoch / WARMUP_EPOCHS, 1), epochs from 1; 0: none
+_C.REVIEWKD.SHAPES = [1, 8, 16, 32]  # the student's reviewed map sizes, deep to shallow (pooled_feat's 1 first)
+_C.REVIEWKD.OUT_SHAPES = [1, 8, 16, 32]  # the teacher's map sizes, deep to shallow: each ABF output is resized to it
+_C.REVIEWKD.IN_CHANNELS = [64, 128, 256, 256]  # the student's reviewed channels, shallow to deep, pooled_feat's last
+_C.REVIEWKD.OUT_CHANNELS = [64, 128, 256, 256]  # the teacher's channels (preact_feats[1:], pooled_feat): ABF outputs
+_C.REVIEWKD.MAX_MID_CHANNEL = 512  # read but not used, as in mdistiller: the ABF width is min(512, IN_CHANNELS[-1])
+_C.REVIEWKD.STU_PREACT = False  # review the student's preact_feats instead of feats
 
 
 def get_cfg() -> CN:

@@ -130,10 +130,33 @@ def merge_opts(cfg: CN, opts: Iterable[str]) -> None:
                 node = node[part]
 
 
-def read_yaml(path: str) -> dict:
-    """Read a YAML config file (safe loader) with a clear error when it is missing or broken."""
+def read_yaml(path: str, _chain: tuple = ()) -> dict:
+    """Read a YAML config file (safe loader) with a clear error when it is missing or broken.
+
+    A `_BASE_: other.yaml` key (a path relative to this file) names a file merged first, whose values
+    this file's own values then update (as in detectron2); bases may have bases. A missing base or a
+    cycle of bases is a one-line ConfigError naming the files.
+    """
     if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path}")
+        where = f" (the _BASE_ of {_chain[-1]})" if _chain else ""
+        raise ConfigError(f"config file not found: {path}{where}")
+    chain = _chain + (path,)
+    real = [os.path.realpath(p) for p in chain]
+    if real[-1] in real[:-1]:
+        loop = chain[real.index(real[-1]):]
+        raise ConfigError(f"_BASE_ cycle: {' -> '.join(loop)}; a config cannot include itself")
+    data = _load_mapping(path)
+    base = data.pop("_BASE_", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: _BASE_ must be a file name relative to this file, got {base!r}")
+    merged = read_yaml(os.path.join(os.path.dirname(path), base), chain)
+    _deep_update(merged, data)
+    return merged
+
+
+def _load_mapping(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
@@ -145,11 +168,6 @@ def read_yaml(path: str) -> dict:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of config groups")
-    base = data.pop("_BASE_", None)
-    if base:
-        parent = read_yaml(os.path.join(os.path.dirname(path), base))
-        _deep_update(parent, data)
-        data = parent
     return data
 
 
@@ -157,7 +175,7 @@ def _deep_update(into: dict, new: dict) -> None:
     for k, v in new.items():
         if isinstance(v, dict) and isinstance(into.get(k), dict):
             _deep_update(into[k], v)
-        else:
+        elif v is not None or not isinstance(into.get(k), dict):  # an empty group keeps the base's keys
             into[k] = v
 
 

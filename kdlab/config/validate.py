@@ -10,12 +10,12 @@ from kdlab.config import hooks
 from kdlab.errors import ConfigError
 from kdlab.registry import closest_names
 
-# SOLVER.TRAINER: base (one view), aug/ours (two views, MLKD). crd is mdistiller's CRD trainer, which
-# only adds each sample's index and contrast indices to the batch: in kdlab every batch carries the
-# index and CRD draws its contrast indices itself, so crd is the base trainer (and CRD runs under base
-# too). mdistiller's dot trainer is not implemented yet and refused, so that no value is silently ignored.
-TRAINERS = ("base", "aug", "ours", "crd")
-TRAINERS_NOT_YET_IMPLEMENTED = ("dot",)
+# SOLVER.TRAINER: base (one view), aug/ours (two views, MLKD), dot (mdistiller's DOT; kdlab.engine.dot
+# checks its settings through hooks.register_validator), crd: mdistiller's CRD trainer, which only adds
+# each sample's index and contrast indices to the batch: in kdlab every batch carries the index and CRD
+# draws its contrast indices itself, so crd is the base trainer (and CRD runs under base too).
+TRAINERS = ("base", "aug", "ours", "dot", "crd")
+TRAINERS_NOT_YET_IMPLEMENTED: tuple[str, ...] = ()  # mdistiller trainers refused at load time
 TWO_VIEW_TRAINERS = ("aug", "ours")  # the reference code's trainers that feed two views per image
 # Keys whose valid names are registered by the packages that own them (kdlab.config.hooks), in checking order.
 REGISTERED_NAME_KEYS = (
@@ -34,6 +34,12 @@ def _check_name(key: str, value: str, valid: list[str], extra_ok: tuple = ()) ->
     near = closest_names(value, valid)
     hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""
     raise ConfigError(f"{key}: unknown name {value!r}{hint}")
+
+
+def _check_not_yet(key: str, value: str, valid: list[str]) -> None:
+    why = hooks.refused_names(key).get(value)
+    if why is not None and value not in valid:
+        raise ConfigError(f"{key}: {value!r} {why}")
 
 
 def _positive(key: str, value: float, allow_zero: bool = False) -> None:
@@ -71,6 +77,7 @@ def validate_cfg(cfg: CfgNode) -> None:
         valid = hooks.valid_names(key)
         if valid is not None:
             group, leaf = key.split(".")
+            _check_not_yet(key, cfg[group][leaf], valid[0])
             _check_name(key, cfg[group][leaf], *valid)
     _check_trainer(cfg, method)
     _check_name("SOLVER.AMP_DTYPE", cfg.SOLVER.AMP_DTYPE, ["bfloat16", "float16"])

@@ -23,7 +23,8 @@ from kdlab.registry import Registry
 DATASETS = Registry("dataset")
 # Dataset names of the reference code that configs may name but kdlab does not read yet.
 NOT_YET_IMPLEMENTED = ("tiny_imagenet",)
-hooks.register_names("DATASET.TYPE", DATASETS.names, NOT_YET_IMPLEMENTED)
+hooks.register_names("DATASET.TYPE", DATASETS.names, not_yet={
+    name: "(a dataset of the reference code) is not implemented yet in kdlab" for name in NOT_YET_IMPLEMENTED})
 
 
 def check_image_size(cfg: CfgNode) -> None:

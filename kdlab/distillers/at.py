@@ -21,6 +21,7 @@ from kdlab.distillers.losses import at_loss
 @DISTILLERS.register("AT")
 class AT(FeatureDistiller):
     group = "AT"
+    paper = "Zagoruyko & Komodakis, ICLR 2017"
 
     def __init__(self, student, teacher, ce_weight: float, feat_weight: float, p: float = 2):
         super().__init__(student, teacher, ce_weight, feat_weight)

@@ -49,6 +49,8 @@ class Distiller(nn.Module):
     supports_segmentation: bool = False  # per-pixel logits (N, C, H, W) are handled
     dataset_facts: tuple[str, ...] = ()  # the DatasetFacts fields from_config reads
     supports_logit_stand: bool = False  # derived from apply_logit_stand, see __init_subclass__
+    paper: str = ""  # where the method comes from (the README's methods table)
+    group: str = ""  # the config group holding the method's keys ("" if it has none)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -103,7 +105,7 @@ class Distiller(nn.Module):
 
     def extra_parameter_count(self) -> int:
         """Number of trainable parameters the method adds on top of the student."""
-        return sum(p.numel() for m in self.extra_modules() for p in m.parameters())
+        return sum(p.numel() for m in self.extra_modules() for p in m.parameters() if p.requires_grad)
 
     @torch.no_grad()
     def teacher_forward(self, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -145,8 +147,6 @@ class FeatureDistiller(Distiller):
     defines `feature_loss` and, for keys of its group other than LOSS.*, `options` (constructor keyword
     arguments). mdistiller names the feature term "loss_kd"; kdlab calls it "loss_feat".
     """
-
-    group: str = ""  # the config group holding LOSS.CE_WEIGHT, LOSS.FEAT_WEIGHT and the method's keys
 
     def __init__(self, student: nn.Module, teacher: nn.Module, ce_weight: float, feat_weight: float) -> None:
         super().__init__(student, teacher)

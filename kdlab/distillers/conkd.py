@@ -28,6 +28,8 @@ def projection_head(in_dim: int, out_dim: int) -> nn.Sequential:
 
 @DISTILLERS.register("CONKD")
 class ConKD(Distiller):
+    paper = "SupCon (Khosla et al., NeurIPS 2020) + logit-standardized KD"
+    group = "CONKD"
     dataset_facts = ("input_size",)  # the student is probed once to size the projection head
 
     def __init__(

@@ -238,6 +238,8 @@ def pooled_dim(model: nn.Module, configured: int, key: str, who: str, input_size
 
 @DISTILLERS.register("CRD")
 class CRD(Distiller):
+    paper = "Tian et al., ICLR 2020"
+    group = "CRD"
     # bank size; per-class table for the negatives; the input size to probe the pooled-feature sizes at
     dataset_facts = ("num_train", "train_targets", "input_size")
 

@@ -15,6 +15,8 @@ from kdlab.distillers.losses import dkd_loss
 
 @DISTILLERS.register("DKD")
 class DKD(Distiller):
+    paper = "Zhao et al., CVPR 2022"
+    group = "DKD"
 
     def __init__(
         self,

@@ -33,6 +33,8 @@ from kdlab.errors import ConfigError
 
 @DISTILLERS.register("FEATKD")
 class FeatureKD(Distiller):
+    paper = "kdlab: CE + KD + feature hints on chosen layers"
+    group = "FEATKD"
     supports_segmentation = True
     dataset_facts = ("input_size",)  # shapes are probed at the training size unless FEATKD.INPUT_SIZE is set
 

@@ -20,6 +20,8 @@ from kdlab.errors import ConfigError
 
 @DISTILLERS.register("FITNET")
 class FitNet(Distiller):
+    paper = "Romero et al., ICLR 2015"
+    group = "FITNET"
     dataset_facts = ("input_size",)  # shapes are probed at the training size unless FITNET.INPUT_SIZE is set
 
     def __init__(self, student, teacher, hint_layer: int, input_size, ce_weight: float, feat_weight: float):

@@ -12,6 +12,8 @@ from kdlab.distillers.losses import kd_loss_any
 
 @DISTILLERS.register("KD")
 class KD(Distiller):
+    paper = "Hinton et al., NeurIPS workshop 2015"
+    group = "KD"
     supports_segmentation = True
 
     def __init__(

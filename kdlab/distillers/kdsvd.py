@@ -24,6 +24,7 @@ from kdlab.errors import ConfigError
 @DISTILLERS.register("KDSVD")
 class KDSVD(FeatureDistiller):
     group = "KDSVD"
+    paper = "Lee et al., ECCV 2018"
 
     def __init__(self, student, teacher, ce_weight: float, feat_weight: float, k: int = 1):
         super().__init__(student, teacher, ce_weight, feat_weight)

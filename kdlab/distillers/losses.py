@@ -477,3 +477,31 @@ def sp_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Ten
         g_t = F.normalize(torch.mm(f_t, torch.t(f_t)))
         g_diff = g_t - g_s
         return (g_diff * g_diff).view(-1, 1).sum(0).sum() / (bsz * bsz)
+
+
+# ---------------------------------------------------------------- ReviewKD (mdistiller)
+
+
+def hcl_loss(student_feats, teacher_feats) -> torch.Tensor:
+    """ReviewKD's hierarchical context loss (Chen et al. CVPR 2021), as mdistiller's hcl_loss.
+
+    Summed over the pairs of N x C x H x W maps: (MSE + sum_k 2^-k MSE(pool_k(s), pool_k(t))) / (1 + sum_k 2^-k),
+    pool_k the adaptive average pooling to l x l for the levels l = 4, 2, 1 that are smaller than H, k counting
+    the levels taken (so a 2 x 2 map pools to 1 x 1 with weight 1/2). The teacher maps are detached.
+    """
+    with torch.autocast(device_type=student_feats[0].device.type, enabled=False):
+        loss_all = 0.0
+        for f_s, f_t in zip(student_feats, teacher_feats):
+            f_s, f_t = _f32(f_s), _f32(f_t).detach()
+            loss = F.mse_loss(f_s, f_t, reduction="mean")
+            cnt, tot = 1.0, 1.0
+            for level in (4, 2, 1):
+                if level >= f_s.shape[2]:
+                    continue
+                cnt /= 2.0
+                pooled_s = F.adaptive_avg_pool2d(f_s, (level, level))
+                pooled_t = F.adaptive_avg_pool2d(f_t, (level, level))
+                loss = loss + F.mse_loss(pooled_s, pooled_t, reduction="mean") * cnt
+                tot += cnt
+            loss_all = loss_all + loss / tot
+        return loss_all

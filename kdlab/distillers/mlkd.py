@@ -20,6 +20,7 @@ from kdlab.distillers.losses import mlkd_losses
 
 @DISTILLERS.register("MLKD")
 class MLKD(KD):
+    paper = "Jin et al., CVPR 2023"
     """Same config (KD group) and weights as KD; two views per image and multi-level losses."""
 
     two_views = True

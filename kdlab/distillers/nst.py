@@ -21,6 +21,7 @@ from kdlab.distillers.losses import nst_loss
 @DISTILLERS.register("NST")
 class NST(FeatureDistiller):
     group = "NST"
+    paper = "Huang & Wang, arXiv 2017"
 
     def feature_loss(self, feats_student, feats_teacher):
         pairs = zip(feats_student["feats"][1:], feats_teacher["feats"][1:])

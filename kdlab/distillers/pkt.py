@@ -16,6 +16,7 @@ from kdlab.distillers.losses import pkt_loss
 @DISTILLERS.register("PKT")
 class PKT(FeatureDistiller):
     group = "PKT"
+    paper = "Passalis & Tefas, ECCV 2018"
 
     def feature_loss(self, feats_student, feats_teacher):
         return pkt_loss(feats_student["pooled_feat"], feats_teacher["pooled_feat"])

@@ -18,6 +18,7 @@ from kdlab.distillers.losses import rkd_loss
 @DISTILLERS.register("RKD")
 class RKD(FeatureDistiller):
     group = "RKD"
+    paper = "Park et al., CVPR 2019"
 
     def __init__(
         self,

@@ -18,6 +18,7 @@ from kdlab.distillers.losses import sp_loss
 @DISTILLERS.register("SP")
 class SP(FeatureDistiller):
     group = "SP"
+    paper = "Tung & Mori, ICCV 2019"
 
     def feature_loss(self, feats_student, feats_teacher):
         return sp_loss(feats_student["feats"][-1], feats_teacher["feats"][-1])

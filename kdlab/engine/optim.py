@@ -55,7 +55,22 @@ def lion(params, cfg: CfgNode) -> torch.optim.Optimizer:
     return Lion(params, lr=cfg.SOLVER.LR, betas=tuple(cfg.SOLVER.BETAS), weight_decay=cfg.SOLVER.WEIGHT_DECAY)
 
 
+def _check_dot(cfg: CfgNode) -> None:
+    if cfg.SOLVER.TRAINER == "dot":
+        from kdlab.engine.dot import check_config
+
+        check_config(cfg, hooks.method_class(cfg.DISTILLER.TYPE))
+
+
+hooks.register_validator(_check_dot)
+
+
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: CfgNode) -> torch.optim.Optimizer:
+    """SOLVER.TYPE's optimizer; under SOLVER.TRAINER dot, DOT's (kdlab.engine.dot: SGD with two momenta)."""
+    if cfg.SOLVER.TRAINER == "dot":
+        from kdlab.engine.dot import build_dot_optimizer
+
+        return build_dot_optimizer(list(params), cfg)
     return OPTIMIZERS.get(cfg.SOLVER.TYPE)(list(params), cfg)
 
 

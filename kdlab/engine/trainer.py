@@ -24,6 +24,7 @@ from yacs.config import CfgNode
 
 from kdlab.data.sampling import mix_seed
 from kdlab.engine import distributed as dist_utils
+from kdlab.engine import dot
 from kdlab.engine.checkpoint import FORMAT, FORMAT_VERSION, atomic_save
 from kdlab.engine.loggers import RunLogger
 from kdlab.engine.optim import build_optimizer, build_scheduler, set_lr
@@ -114,7 +115,8 @@ class Trainer:
         self.channels_last = cfg.SOLVER.CHANNELS_LAST
         # the non-finite check costs a device sync on CUDA: there it runs every logging interval
         self.check_finite_every_step = device.type == "cpu"
-        self.optimizer = build_optimizer(distiller.learnable_parameters(), cfg)
+        self.optimizer = build_optimizer(distiller.learnable_parameters(), cfg)  # DOT's under SOLVER.TRAINER dot
+        self.dot = cfg.SOLVER.TRAINER == "dot"
         self.scheduler = build_scheduler(cfg)
         self.autocast = autocast_context(cfg, device)
         use_scaler = cfg.SOLVER.AMP and cfg.SOLVER.AMP_DTYPE == "float16"
@@ -277,8 +279,9 @@ class Trainer:
         skip_ok = self.cfg.SOLVER.SKIP_NONFINITE
         if skip_ok:  # a skipped batch must not leave its statistics in BatchNorm buffers either
             saved = [(b, b.detach().clone()) for n, b in self.distiller.named_buffers() if not n.startswith("teacher.")]
-        with self.autocast():
-            logits, losses = self.model(image, target, epoch=epoch, index=index)
+        with dot.unsynced_forward(self.model, self.distiller) if self.dot else contextlib.nullcontext():
+            with self.autocast():
+                logits, losses = self.model(image, target, epoch=epoch, index=index)
         loss = sum(losses.values())
         finite = torch.isfinite(loss.detach())
         self._track_nonfinite(losses, finite, epoch, step)
@@ -289,13 +292,17 @@ class Trainer:
                     buf.copy_(copy)
             self.optimizer.zero_grad(set_to_none=True)
             return {k: v.detach() for k, v in losses.items()}
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if self.cfg.SOLVER.GRAD_CLIP > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.distiller.learnable_parameters(), self.cfg.SOLVER.GRAD_CLIP)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        if self.dot:  # two backward passes, CE and distillation momenta apart
+            dot.backward_and_step(self.optimizer, losses, self.scaler, self.cfg.SOLVER.GRAD_CLIP,
+                                  ddp=dot.is_ddp(self.model))
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if self.cfg.SOLVER.GRAD_CLIP > 0:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.distiller.learnable_parameters(), self.cfg.SOLVER.GRAD_CLIP)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         with torch.no_grad():  # counts are samples, or labelled pixels for segmentation
             correct, count = correct_and_count(logits.detach().float(), target)
             sums += torch.stack([loss.detach().double() * count, correct, count, finite.double()])

@@ -30,7 +30,9 @@ IMAGENET_ALIASES = {
 }
 IMAGENET_SCALE_DATASETS = ("imagenet", "imagenette")
 for _key in ("DISTILLER.STUDENT", "DISTILLER.TEACHER"):
-    hooks.register_names(_key, MODELS.names, MODELS_NOT_YET_IMPLEMENTED + tuple(IMAGENET_ALIASES))
+    hooks.register_names(_key, MODELS.names, tuple(IMAGENET_ALIASES), not_yet={
+        name: "(a model of the reference code) is not implemented yet in kdlab; for ImageNet pairs use "
+        "resnet18/34/50/101 or MobileNetV2" for name in MODELS_NOT_YET_IMPLEMENTED})
 
 
 def resolve_model_name(name: str, dataset_type: str = "") -> str:

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kdlab.errors import ConfigError
 from kdlab.models.build import MODELS
 
 
@@ -57,6 +58,19 @@ class SimpleCNN(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(cin, num_classes)
         self.stage_channels = [width] + [width * 2**i for i in range(depth)]
+        self.norm = norm
+
+    def get_stage_channels(self) -> list[int]:
+        """Channels of feats: the stem, then each stage (mdistiller's get_stage_channels, read by OFD)."""
+        return list(self.stage_channels)
+
+    def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """The BatchNorm of each stage's last conv, whose output is preact_feats[1:] (read by OFD's teacher)."""
+        if self.norm != "bn":
+            raise ConfigError(
+                f"SimpleCNN with norm {self.norm!r} has no BatchNorm before its ReLUs (OFD's teacher needs norm bn)"
+            )
+        return [stage[-1][1] for stage in self.stages]
 
     def forward(self, x: torch.Tensor):
         pre = self.stem(x)

@@ -2,7 +2,7 @@
 
     python tests/reference/make_step_refs.py --mdistiller /path/to/mdistiller \
         --ls-repo /path/to/logit-standardization-KD --peer-configs /path/to/shared/reference/peer_configs \
-        [--out tests/reference/step_refs.json]
+        [--out tests/reference/step_refs.json] [--only CASE ...  (merged into the existing --out file)]
 
 Each case configures a reference distiller from a peer YAML file (mdistiller's or the
 logit-standardization-KD repository's, with --logit-stand applied as that repository's
@@ -11,7 +11,9 @@ fills every weight from its state-dict key alone (`seeded_state_dict`), and runs
 the way mdistiller's trainer does: forward (in float64: in float32, steps from random weights are
 chaotic enough that the last bits of a reduction, which differ between CPUs and thread counts,
 move the result by ~1e-5), loss = sum of the loss dict, backward,
-SGD(lr, momentum, weight decay) on the distiller's learnable parameters, the LR set per epoch.
+SGD(lr, momentum, weight decay) on the distiller's learnable parameters, the LR set per epoch
+(cases under SOLVER.TRAINER dot: mdistiller's DOT optimizer driven as its DOT trainer drives it,
+loss_kd backward + step_kd, then loss_ce backward + step).
 It stores each step's losses, a digest of the student (and connector) weights after the steps,
 and the resolved config values, so tests/test_distiller_reference_steps.py can repeat the steps
 with kdlab and compare. Only this script imports the reference code; the helpers above `main`
@@ -51,6 +53,11 @@ _KDSVD = ("KDSVD.K", "KDSVD.LOSS.CE_WEIGHT", "KDSVD.LOSS.FEAT_WEIGHT")
 _AT = ("AT.P", "AT.LOSS.CE_WEIGHT", "AT.LOSS.FEAT_WEIGHT")
 _SP = ("SP.LOSS.CE_WEIGHT", "SP.LOSS.FEAT_WEIGHT")
 _NST = ("NST.LOSS.CE_WEIGHT", "NST.LOSS.FEAT_WEIGHT")
+_REVIEWKD = tuple(f"REVIEWKD.{k}" for k in ("CE_WEIGHT", "REVIEWKD_WEIGHT", "WARMUP_EPOCHS", "SHAPES", "OUT_SHAPES",
+                                             "IN_CHANNELS", "OUT_CHANNELS", "MAX_MID_CHANNEL", "STU_PREACT"))
+_DOT = ("SOLVER.TRAINER", "SOLVER.DOT.DELTA")
+_OFD = ("OFD.LOSS.CE_WEIGHT", "OFD.LOSS.FEAT_WEIGHT", "OFD.CONNECTOR.KERNEL_SIZE")
+_VID = ("VID.LOSS.CE_WEIGHT", "VID.LOSS.FEAT_WEIGHT", "VID.EPS", "VID.INIT_PRED_VAR", "VID.INPUT_SIZE")
 _CRD = ("CRD.MODE", "CRD.FEAT.DIM", "CRD.FEAT.STUDENT_DIM", "CRD.FEAT.TEACHER_DIM", "CRD.LOSS.CE_WEIGHT",
         "CRD.LOSS.FEAT_WEIGHT", "CRD.NCE.K", "CRD.NCE.MOMENTUM", "CRD.NCE.TEMPERATURE")
 CASES = {
@@ -67,14 +74,32 @@ CASES = {
     "at": ("mdistiller", "mdistiller/cifar100/at.yaml", False, _AT + _SOLVER),
     "sp": ("mdistiller", "mdistiller/cifar100/sp.yaml", False, _SP + _SOLVER),
     "nst": ("mdistiller", "mdistiller/cifar100/nst.yaml", False, _NST + _SOLVER),
+    "reviewkd": ("mdistiller", "mdistiller/cifar100/reviewkd.yaml", False, _REVIEWKD + _SOLVER),
+    "kd_dot": ("mdistiller", "mdistiller/cifar100/dot/res32x4_res8x4.yaml", False, _KD + _SOLVER + _DOT),
+    "ofd": ("mdistiller", "mdistiller/cifar100/ofd.yaml", False, _OFD + _SOLVER),
+    "vid": ("mdistiller", "mdistiller/cifar100/vid.yaml", False, _VID + _SOLVER),
+    "vid_mdistiller": ("mdistiller", "mdistiller/cifar100/vid.yaml", False, _VID + _SOLVER),
+    "dkd_dot": ("mdistiller", "mdistiller/cifar100/dkd/res32x4_res8x4.yaml", False, _DKD + _SOLVER + _DOT),
     "crd": ("mdistiller", "mdistiller/cifar100/crd.yaml", False, _CRD + _SOLVER),
 }
-# Keys set on both sides after the peer YAML, to fit the small models (resnet8/14 pool 64 channels).
-CASE_OPTS = {"crd": ["CRD.FEAT.STUDENT_DIM", 64, "CRD.FEAT.TEACHER_DIM", 64]}
+# Per-pair keys set for the small models (the peer YAML's values are for its own pair), on both sides:
+# resnet8 and resnet14 both review 16, 32, 64 channels and the 64-d pooled feature (sizes 32, 16, 8, 1).
+# crd: the heads' input sizes are the small models' 64-d pooled features.
+# dkd_dot: DKD under mdistiller's DOT trainer with the DOT YAMLs' delta (mdistiller ships DOT YAMLs for KD only).
+CASE_OPTS = {
+    "reviewkd": {"REVIEWKD.IN_CHANNELS": [16, 32, 64, 64], "REVIEWKD.OUT_CHANNELS": [16, 32, 64, 64]},
+    "dkd_dot": {"SOLVER.TRAINER": "dot", "SOLVER.DOT.DELTA": 0.075},
+    "crd": {"CRD.FEAT.STUDENT_DIM": 64, "CRD.FEAT.TEACHER_DIM": 64},
+}
 # CRD's memory bank: NUM_DATA training samples of classes i % NUM_CLASSES (CIFAR-100's size).
 NUM_DATA = 50000
 # The reference's loss names -> kdlab's (mdistiller calls every feature term "loss_kd").
-LOSS_NAMES = {case: {"loss_kd": "loss_feat"} for case in ("fitnet", "pkt", "rkd", "kdsvd", "at", "sp", "nst", "crd")}
+# kdlab-only keys of a case (the reference has no such key): vid_mdistiller runs mdistiller's VID as it ships
+# (variances never trained), which kdlab reproduces with VID.TRAIN_VARIANCE False.
+KDLAB_OPTS = {"vid_mdistiller": {"VID.TRAIN_VARIANCE": False}}
+FEATURE_CASES = ("fitnet", "pkt", "rkd", "kdsvd", "at", "sp", "nst", "reviewkd", "ofd", "vid", "vid_mdistiller",
+                 "crd")
+LOSS_NAMES = {case: {"loss_kd": "loss_feat"} for case in FEATURE_CASES}
 
 
 def seeded_tensor(key: str, shape: Sequence, dtype: torch.dtype) -> torch.Tensor:
@@ -164,10 +189,18 @@ def delta_norms(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Te
 
 
 def trained_modules(distiller: torch.nn.Module, case: str) -> dict[str, torch.nn.Module]:
-    """The modules whose weights the digest covers: the student, plus FitNet's connector."""
+    """The modules whose weights the digest covers: the student, plus the method's trained extra modules."""
     mods = {"student": distiller.student}
     if case == "fitnet":
         mods["conv_reg"] = distiller.conv_reg
+    if case == "reviewkd":
+        mods["abfs"] = distiller.abfs
+    if case == "ofd":
+        mods["connectors"] = distiller.connectors
+    if case == "vid":
+        mods["regressors"], mods["log_scales"] = distiller.regressors, distiller.log_scales
+    if case == "vid_mdistiller":  # the variances stay at their initial value
+        mods["regressors"] = distiller.regressors
     if case == "crd":  # the heads, and the bank with its normalization constants
         mods.update(embed_s=distiller.embed_s, embed_t=distiller.embed_t, contrast=distiller.contrast)
     return mods
@@ -198,8 +231,13 @@ def _import_reference(path: str):
     return distillers, cfg_module.CFG, utils, models
 
 
-def _reference_cfg(base, peer: Path, logit_stand: bool, opts=()):
-    """The peer YAML on the reference defaults, then `opts`; --logit-stand as the LS repo's train.py applies it."""
+def case_opts(case: str) -> list[str]:
+    """The case's CASE_OPTS as a KEY VALUE list (for merge_from_list / kdlab's load_cfg)."""
+    return [t for k, v in CASE_OPTS.get(case, {}).items() for t in (k, repr(v))]
+
+
+def _reference_cfg(base, peer: Path, logit_stand: bool, opts: Sequence[str] = ()):
+    """The peer YAML on the reference defaults (then `opts`), --logit-stand applied as the LS repo's train.py does."""
     cfg = base.clone()
     cfg.merge_from_file(str(peer))
     cfg.merge_from_list(list(opts))
@@ -219,24 +257,70 @@ def _lookup(cfg, key: str):
     return list(node) if isinstance(node, (list, tuple)) else node
 
 
+def _reference_optimizer(repo_path: str, cfg, params):
+    """SGD as mdistiller's BaseTrainer builds it, or under SOLVER.TRAINER dot its DOT trainer's optimizer."""
+    if cfg.SOLVER.TRAINER != "dot":
+        return torch.optim.SGD(params, lr=cfg.SOLVER.LR, momentum=cfg.SOLVER.MOMENTUM,
+                               weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+    sys.path.insert(0, repo_path)
+    try:
+        from mdistiller.engine.dot import DistillationOrientedTrainer
+    finally:
+        sys.path.remove(repo_path)
+    return DistillationOrientedTrainer(  # mdistiller's DOT.init_optimizer
+        params,
+        lr=cfg.SOLVER.LR,
+        momentum=cfg.SOLVER.MOMENTUM - cfg.SOLVER.DOT.DELTA,
+        momentum_kd=cfg.SOLVER.MOMENTUM + cfg.SOLVER.DOT.DELTA,
+        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+    )
+
+
+def _reference_update(cfg, optimizer, loss_dict) -> None:
+    """BaseTrainer.train_iter's update, or DOT.train_iter's (KD backward, step_kd, CE backward, step)."""
+    if cfg.SOLVER.TRAINER != "dot":
+        loss = sum(v.mean() for v in loss_dict.values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return
+    loss_ce = loss_dict["loss_ce"].mean()
+    loss_kd = sum(v.mean() for k, v in loss_dict.items() if k != "loss_ce")  # mdistiller: its one loss_kd
+    optimizer.zero_grad(set_to_none=True)
+    loss_kd.backward(retain_graph=True)
+    optimizer.step_kd()
+    optimizer.zero_grad(set_to_none=True)
+    loss_ce.backward()
+    optimizer.step()
+
+
+def _register_vid_log_scales(distiller) -> list:
+    """mdistiller's VID keeps its log-scales in a plain list: register them, as kdlab does (see kdlab's vid.py).
+
+    Unregistered, .to(DTYPE) would leave them in float32 and its optimizer would never update them
+    (mdistiller's bug, which kdlab fixes); registered, both sides train them in float64. Returns the
+    parameters to add to the optimizer.
+    """
+    distiller.log_scales = torch.nn.ParameterList(distiller.log_scales)
+    return list(distiller.log_scales)
+
+
 def run_reference_case(case: str, repo_path: str, peer_root: Path) -> dict:
     kind, peer, logit_stand, keys = CASES[case]
     distillers, base_cfg, utils, models = _import_reference(repo_path)
-    cfg = _reference_cfg(base_cfg, peer_root / peer, logit_stand, CASE_OPTS.get(case, ()))
+    cfg = _reference_cfg(base_cfg, peer_root / peer, logit_stand, case_opts(case))
     torch.manual_seed(0)  # the reference's shape probe (FitNet) draws random data
     student = getattr(models, STUDENT)(num_classes=NUM_CLASSES)
     teacher = getattr(models, TEACHER)(num_classes=NUM_CLASSES)
+    load_seeded(teacher, "teacher.")  # before the distiller: OFD's margins come from the teacher's BatchNorms
     extra = (NUM_DATA,) if cfg.DISTILLER.TYPE == "CRD" else ()  # mdistiller's train.py passes num_data to CRD
-    distiller = distillers.distiller_dict[cfg.DISTILLER.TYPE](student, teacher, cfg, *extra).to(DTYPE)
-    seed_trained(distiller, case)
+    distiller = distillers.distiller_dict[cfg.DISTILLER.TYPE](student, teacher, cfg, *extra)
+    extra_params = _register_vid_log_scales(distiller) if case == "vid" else []
+    distiller = distiller.to(DTYPE)
+    seed_trained(distiller, case)  # the teacher again, in DTYPE (and undoing a shape probe's statistics)
     before = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in trained_modules(distiller, case).items()}
     distiller.train()
-    optimizer = torch.optim.SGD(
-        distiller.get_learnable_parameters(),
-        lr=cfg.SOLVER.LR,
-        momentum=cfg.SOLVER.MOMENTUM,
-        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
-    )
+    optimizer = _reference_optimizer(repo_path, cfg, distiller.get_learnable_parameters() + extra_params)
     two_views = cfg.DISTILLER.TYPE == "MLKD"
     renames = LOSS_NAMES.get(case, {})
     losses = []
@@ -247,16 +331,14 @@ def run_reference_case(case: str, repo_path: str, peer_root: Path) -> dict:
             _, loss_dict = distiller(image_weak=image[0], image_strong=image[1], target=target, epoch=epoch)
         else:
             _, loss_dict = distiller(image=image, target=target, epoch=epoch, **step_extras(case, step, epoch, cfg))
-        loss = sum(v.mean() for v in loss_dict.values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        _reference_update(cfg, optimizer, loss_dict)
         losses.append({renames.get(k, k): _round(v) for k, v in loss_dict.items()})
     after = {n: m.state_dict() for n, m in trained_modules(distiller, case).items()}
     return {
         "reference": kind,
         "peer_config": peer,
         "logit_stand": logit_stand,
+        "opts": case_opts(case),
         "config": {k: _lookup(cfg, k) for k in ("DISTILLER.TYPE", *keys)},
         "losses": losses,
         "digest": {n: digest(s) for n, s in after.items()},
@@ -272,7 +354,8 @@ def main() -> None:
         "--peer-configs", required=True, help="folder holding mdistiller/ and logit-standardization-KD/"
     )
     parser.add_argument("--out", default=str(Path(__file__).with_name("step_refs.json")))
-    parser.add_argument("--only", nargs="+", choices=sorted(CASES), help="run these cases and merge them into --out")
+    parser.add_argument("--only", nargs="+", choices=sorted(CASES), metavar="CASE",
+                        help="run only these cases and merge them into the existing --out file")
     args = parser.parse_args()
     torch.set_default_dtype(torch.float32)
     torch.set_num_threads(1)  # as the tests run (conftest.py); KDSVD's float32 SVD depends on it
@@ -282,7 +365,7 @@ def main() -> None:
         cases[case] = run_reference_case(case, repos[CASES[case][0]], Path(args.peer_configs))
         print(case, cases[case]["losses"][-1])
     out = {
-        "about": "reference distillers' losses and student weights after SGD steps; see make_step_refs.py",
+        "about": "reference distillers' losses and student weights after SGD (or DOT) steps; see make_step_refs.py",
         "seed": SEED,
         "batch": BATCH,
         "size": SIZE,
@@ -292,7 +375,7 @@ def main() -> None:
         "step_epochs": list(STEP_EPOCHS),
         "torch": torch.__version__,
         "dtype": str(DTYPE).removeprefix("torch."),
-        "cases": cases,
+        "cases": {case: cases[case] for case in CASES if case in cases},
     }
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     print("wrote", args.out)

@@ -66,6 +66,14 @@ class MobileNetV2(nn.Module):
         ]
         init_like_mdistiller(self, linear_std=0.01)
 
+    def get_stage_channels(self) -> list[int]:
+        """Channels of feats: the stem, then the feature stages (as mdistiller's get_stage_channels, for OFD)."""
+        return list(self.stage_channels)
+
+    def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """The projecting BatchNorm of each feature stage's last block (mdistiller's, for OFD)."""
+        return [self.blocks[i][-1].conv[-1] for i in _FEATURE_STAGES]
+
     def forward(self, x: Tensor) -> tuple[Tensor, dict]:
         x = self.conv1(x)
         feats = [x]

@@ -24,6 +24,7 @@ def _projection(cin: int, cout: int, stride: int) -> nn.Module | None:
 
 class _ResidualBlock(nn.Module):
     expansion = 1
+    last_bn = "bn2"  # the BatchNorm whose output (plus the shortcut) is the block's pre-activation
 
     def add_shortcut(self, inplanes: int, planes: int, stride: int, shortcut_name: str) -> None:
         """Register the shortcut last, under mdistiller's name, so state-dict keys keep its order."""
@@ -59,6 +60,7 @@ class Bottleneck(_ResidualBlock):
     """1x1 reduce, 3x3, 1x1 expand (x4)."""
 
     expansion = 4
+    last_bn = "bn3"
 
     def __init__(self, inplanes: int, planes: int, stride: int, shortcut_name: str) -> None:
         super().__init__()
@@ -108,6 +110,14 @@ class ResNet(nn.Module):
         self.add_module(head_name, nn.Linear(cin, num_classes))
         self.stage_channels = [stem_width] + [w * block.expansion for w in widths]
         init_like_mdistiller(self)
+
+    def get_stage_channels(self) -> list[int]:
+        """Channels of feats: the stem, then each stage (as mdistiller's get_stage_channels, OFD reads it)."""
+        return list(self.stage_channels)
+
+    def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """The last BatchNorm of each stage's last block (bn2 basic, bn3 bottleneck), as mdistiller's (OFD)."""
+        return [getattr(getattr(self, name)[-1], getattr(self, name)[-1].last_bn) for name in self.stage_names]
 
     def forward(self, x: Tensor) -> tuple[Tensor, dict]:
         stem = F.relu(self.bn1(self.conv1(x)))

@@ -81,6 +81,13 @@ class ShuffleNetV2(nn.Module):
         self.linear = nn.Linear(widths[-1], num_classes)
         self.stage_channels = [24, *widths[:-1]]
 
+    def get_stage_channels(self) -> list[int]:
+        """Channels of feats: the stem, then each stage (as mdistiller's).
+
+        No get_bn_before_relu: a ShuffleNet cannot be OFD's teacher, as in mdistiller.
+        """
+        return list(self.stage_channels)
+
     def forward(self, x: Tensor) -> tuple[Tensor, dict]:
         stem = F.relu(self.bn1(self.conv1(x)))
         x, feats, preacts = run_stages(stem, [getattr(self, f"layer{i + 1}") for i in range(self.num_stages)])

@@ -37,6 +37,14 @@ class VGG(nn.Module):
         self.stage_channels = [w[-1] for w in widths]
         init_like_mdistiller(self, linear_std=0.01)
 
+    def get_stage_channels(self) -> list[int]:
+        """Channels of feats: block0, then block1..block4 (as mdistiller's get_stage_channels, OFD reads it)."""
+        return list(self.stage_channels)
+
+    def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """The last BatchNorm of block1..block4, before the ReLU the network applies (mdistiller's, for OFD)."""
+        return [getattr(self, f"block{i}")[-1] for i in range(1, self.num_blocks)]
+
     def forward(self, x: Tensor) -> tuple[Tensor, dict]:
         pool_before_last = x.shape[2] == 64
         x = F.relu(self.block0(x))

@@ -80,6 +80,14 @@ class WideResNet(nn.Module):
         self.stage_channels = widths
         init_like_mdistiller(self, zero_linear_bias=True)
 
+    def get_stage_channels(self) -> list[int]:
+        """Channels of feats: the stem, then each stage (as mdistiller's get_stage_channels, OFD reads it)."""
+        return list(self.stage_channels)
+
+    def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """The BatchNorms that make preact_feats[1:]: block2's and block3's entry bn1, the final bn1 (mdistiller's)."""
+        return [self.block2.layer[0].bn1, self.block3.layer[0].bn1, self.bn1]
+
     def forward(self, x: Tensor) -> tuple[Tensor, dict]:
         x = self.conv1(x)
         feats, entry_preacts = [x], []

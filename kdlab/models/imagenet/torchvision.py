@@ -5,8 +5,13 @@ files load unchanged); forward hooks record the stem and stage outputs and the c
 input, and a hook on the model turns its output into (logits, feats). Call the model
 (`model(x)`), not `model.forward(x)`, which skips hooks. feats["feats"] is the stem output then
 the last block of each resolution (/4, /8, /16, /32); for vit_b_16 the patch embedding then the
-token outputs of encoder blocks 3, 6, 9 and 12. torchvision's ReLUs work in place, so no
-pre-activation survives and feats["preact_feats"] is the same list.
+token outputs of encoder blocks 3, 6, 9 and 12. feats["preact_feats"] is the same list, except for
+the ResNets, whose stage entries are the last block's sum before its final ReLU (that ReLU is made
+out-of-place to keep it; torchvision's work in place), as mdistiller's ImageNet ResNets return.
+For OFD, the ResNets and mobilenet_v2 also carry `kdlab_stage_channels` (the four stage outputs,
+no stem, as mdistiller's ImageNet models' get_stage_channels) and `kdlab_bn_before_relu` (module
+paths: the ResNets' last BatchNorm of layer2..layer4's last block, as mdistiller's; mobilenet_v2's
+projecting BatchNorm of each stage's last block); kdlab.models.stages reads them.
 
 The CNNs take any input of at least 32x32. vit_b_16 is built for one size: pass `image_size`
 (default 224, or the named weights' size); pretrained position embeddings are resized to it.
@@ -90,7 +95,35 @@ def build_torchvision(
     if file_classes != num_classes:
         _replace_linear(model, taps.head, num_classes)
         log.info("%s: new %d-class head replaces the weights' %d-class one", name, num_classes, file_classes)
-    return attach_feature_hooks(model, taps)
+    attach_feature_hooks(model, taps)
+    _attach_stage_facts(model, name)
+    return model
+
+
+def _attach_stage_facts(model: nn.Module, name: str) -> None:
+    """Pre-activation taps, stage channels and BN-before-ReLU paths (read by OFD) for the ResNets and mobilenet_v2."""
+    if BACKBONES[name] is _RESNET:
+        blocks = [getattr(model, f"layer{i}")[-1] for i in range(1, 5)]
+        last_bn = ["bn3" if hasattr(block, "bn3") else "bn2" for block in blocks]
+        model.kdlab_stage_channels = [getattr(b, bn).num_features for b, bn in zip(blocks, last_bn)]
+        model.kdlab_bn_before_relu = tuple(
+            f"layer{i}.{len(getattr(model, f'layer{i}')) - 1}.{last_bn[i - 1]}" for i in range(2, 5)
+        )
+        model.kdlab_preact_taps = tuple(f"layer{i}.{len(getattr(model, f'layer{i}')) - 1}.relu" for i in range(1, 5))
+        for path in model.kdlab_preact_taps:
+            relu = model.get_submodule(path)
+            relu.inplace = False  # its input, the block's pre-activation, must survive it
+            relu.register_forward_hook(_keep_last_input)  # the block's last call of it is the final ReLU
+    elif name == "mobilenet_v2":
+        stages = [model.get_submodule(path) for path in BACKBONES[name].stages]
+        model.kdlab_stage_channels = [block.out_channels for block in stages]
+        model.kdlab_bn_before_relu = tuple(
+            f"{path}.conv.{len(block.conv) - 1}" for path, block in zip(BACKBONES[name].stages, stages)
+        )
+
+
+def _keep_last_input(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+    module._kdlab_tap = args[0]
 
 
 def attach_feature_hooks(model: nn.Module, taps: Taps) -> nn.Module:
@@ -116,7 +149,10 @@ def _pack_outputs(model: nn.Module, args: tuple, logits: torch.Tensor) -> tuple[
     taps = model.kdlab_taps
     feats = [model.get_submodule(p).__dict__.pop("_kdlab_tap") for p in (taps.stem, *taps.stages)]
     pooled = model.get_submodule(taps.pooled).__dict__.pop("_kdlab_tap")
-    return logits, {"feats": feats, "preact_feats": list(feats), "pooled_feat": pooled}
+    preacts = list(feats)
+    if hasattr(model, "kdlab_preact_taps"):
+        preacts[1:] = [model.get_submodule(p).__dict__.pop("_kdlab_tap") for p in model.kdlab_preact_taps]
+    return logits, {"feats": feats, "preact_feats": preacts, "pooled_feat": pooled}
 
 
 def _replace_linear(model: nn.Module, path: str, num_classes: int) -> None:
