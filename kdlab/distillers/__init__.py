@@ -3,6 +3,7 @@
 from kdlab.distillers import (  # noqa: F401  (register the methods)
     at,
     conkd,
+    ctkd,
     dkd,
     feature_kd,
     fitnet,
