@@ -44,6 +44,8 @@ LOSS_KEYS = {
     "REVIEWKD": {"loss_ce", "loss_feat"},
     "OFD": {"loss_ce", "loss_feat"},
     "VID": {"loss_ce", "loss_feat"},
+    "CTKD": {"loss_ce", "loss_kd"},
+    "CTKD_DKD": {"loss_ce", "loss_kd"},
 }
 # Parameters each method adds to the digits student with configs/digits/<method>/*.yaml, by hand:
 EXTRA_PARAMS = {
@@ -71,6 +73,8 @@ EXTRA_PARAMS = {
     # stages paired in order, 16 -> 32 and 32 -> 64: three bias-free 1x1 convs each, plus a log-scale per
     # teacher channel
     "VID": (16 * 32 + 2 * 32 * 32 + 32) + (32 * 64 + 2 * 64 * 64 + 64),
+    "CTKD": 1,  # CTKD's global temperature (CTKD.MODE global in the digits config)
+    "CTKD_DKD": 1,
 }
 
 
