@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from kdlab.config import hooks
 from kdlab.distillers.base import Distiller, cross_entropy
 from kdlab.distillers.build import DISTILLERS
-from kdlab.distillers.losses import kd_loss, standardize
+from kdlab.distillers.losses import _f32, kd_loss, standardize
 from kdlab.errors import ConfigError
 
 MODES = ("global", "instance")
@@ -110,7 +110,7 @@ def instance_kd_loss(
 ) -> torch.Tensor:
     """CTKD README's instance-wise KD: mean_i T_i^2 sum_c q (log q - log_softmax(s_i/T_i)), q = softmax(t_i/T_i)+1e-7"""
     with torch.autocast(device_type=logits_student.device.type, enabled=False):
-        s, t = logits_student.to(temperature.dtype), logits_teacher.detach().to(temperature.dtype)
+        s, t, temperature = _f32(logits_student), _f32(logits_teacher).detach(), _f32(temperature)
         if logit_stand:
             s, t = standardize(s), standardize(t)
         log_p_s = F.log_softmax(s / temperature, dim=1)
@@ -128,7 +128,7 @@ def dkd_loss_learned_t(logits_student, logits_teacher, target, alpha: float, bet
     which CTKD ran on, masked it to 0; so does this form.
     """
     with torch.autocast(device_type=logits_student.device.type, enabled=False):
-        s, t = logits_student.to(temperature.dtype), logits_teacher.detach().to(temperature.dtype)
+        s, t, temperature = _f32(logits_student), _f32(logits_teacher).detach(), _f32(temperature)
         gt = torch.zeros_like(s, dtype=torch.bool).scatter_(1, target.reshape(-1, 1), True)
         batch = target.shape[0]
         p_s, p_t = F.softmax(s / temperature, dim=1), F.softmax(t / temperature, dim=1)
