@@ -45,6 +45,8 @@ LOSS_KEYS = {
     "OFD": {"loss_ce", "loss_feat"},
     "VID": {"loss_ce", "loss_feat"},
     "CRD": {"loss_ce", "loss_feat"},
+    "CTKD": {"loss_ce", "loss_kd"},
+    "CTKD_DKD": {"loss_ce", "loss_kd"},
 }
 # Parameters each method adds to the digits student with configs/digits/<method>/*.yaml, by hand:
 EXTRA_PARAMS = {
@@ -75,6 +77,8 @@ EXTRA_PARAMS = {
     # embedding heads Linear(32, 128) and Linear(128, 128) with biases; the memory bank (2 x 1437 x 128) is
     # a buffer, not a parameter (mdistiller's get_extra_parameters counts it too)
     "CRD": (32 * 128 + 128) + (128 * 128 + 128),
+    "CTKD": 1,  # CTKD's global temperature (CTKD.MODE global in the digits config)
+    "CTKD_DKD": 1,
 }
 
 

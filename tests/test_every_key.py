@@ -27,11 +27,11 @@ from kdlab.errors import ConfigError
 
 METHOD_CONFIGS = {m: os.path.join(REPO, f"configs/digits/{m.lower()}/digits_teacher_digits_student.yaml")
                   for m in ("KD", "MLKD", "DKD", "FITNET", "CONKD", "FEATKD", "PKT", "RKD", "KDSVD", "AT", "SP", "NST",
-                            "REVIEWKD", "OFD", "VID", "CRD")}
+                            "REVIEWKD", "OFD", "VID", "CRD", "CTKD")}
 METHOD_GROUPS = {"KD": ("KD", "MLKD"), "DKD": ("DKD",), "FITNET": ("FITNET",), "CONKD": ("CONKD",),
                  "FEATKD": ("FEATKD",), "PKT": ("PKT",), "RKD": ("RKD",), "KDSVD": ("KDSVD",),
                  "AT": ("AT",), "SP": ("SP",), "NST": ("NST",), "REVIEWKD": ("REVIEWKD",),
-                 "OFD": ("OFD",), "VID": ("VID",), "CRD": ("CRD",)}
+                 "OFD": ("OFD",), "VID": ("VID",), "CRD": ("CRD",), "CTKD": ("CTKD",)}
 # Short runs in which warm-up (epoch 1) and an LR decay (epoch 2) both happen.
 COMMON = {"SOLVER.EPOCHS": 2, "SOLVER.MAX_STEPS_PER_EPOCH": 2, "SOLVER.BATCH_SIZE": 16, "SOLVER.SCHEDULER": "multistep",
           "SOLVER.WARMUP_EPOCHS": 1, "SOLVER.LR_DECAY_STAGES": [1], "DATASET.NUM_WORKERS": 0, "SOLVER.DEVICE": "cpu",
@@ -39,7 +39,8 @@ COMMON = {"SOLVER.EPOCHS": 2, "SOLVER.MAX_STEPS_PER_EPOCH": 2, "SOLVER.BATCH_SIZ
 # Keys that act only together with another setting: that setting joins their context.
 CONTEXT = {"SOLVER.MIN_LR": {"SOLVER.SCHEDULER": "cosine", "SOLVER.WARMUP_EPOCHS": 0},
            "SOLVER.BETAS": {"SOLVER.TYPE": "Adam"}, "SOLVER.AMP_DTYPE": {"SOLVER.AMP": True},
-           "SOLVER.DOT.DELTA": {"SOLVER.TRAINER": "dot"}}
+           "SOLVER.DOT.DELTA": {"SOLVER.TRAINER": "dot"},
+           "CTKD.HIDDEN": {"CTKD.MODE": "instance"}}
 REFUSED_AT_LOAD = {"DATASET.IMAGE_SIZE",  # digits images are 8x8 and never resized
                    "SOLVER.AMP_DTYPE",  # float16 autocast needs CUDA
                    "SOLVER.TRAINER"}  # aug/ours feed two views, which KD does not take (MLKD takes them anyway)
@@ -182,6 +183,25 @@ def _check_crd_dims(tmp_path, key):
         logging.getLogger("kdlab").removeHandler(handler)
 
 
+def _check_ctkd_lambda(tmp_path, key):
+    """The lambda keys scale the temperature's (reversed) gradient, by less than float32 resolves in a 4-step run
+    from an untrained teacher: the check is the gradient itself."""
+    from kdlab.distillers import DatasetFacts, build_distiller
+    from kdlab.models import build_model
+
+    def grad(*opts):
+        cfg = load_cfg(METHOD_CONFIGS["CTKD"], list(opts))
+        torch.manual_seed(0)
+        d = build_distiller(cfg, build_model("digits_student", 10, in_channels=1),
+                            build_model("digits_teacher", 10, in_channels=1), facts=DatasetFacts()).train()
+        _, losses = d(torch.randn(8, 1, 8, 8), torch.arange(8), epoch=3)
+        sum(losses.values()).backward()
+        return d.temp_module.global_T.grad.item()
+    value = {"CTKD.COSINE_DECAY": "False", "CTKD.DECAY_MAX": "0.5", "CTKD.DECAY_MIN": "-0.5",
+             "CTKD.DECAY_LOOPS": "20"}[key]
+    assert grad() != 0 and grad(key, value) != grad()
+
+
 # (a) by an explicit check, or a reason why no digits run can show the key (keep this short and honest).
 NOT_SEEN_IN_A_DIGITS_RUN = {
     "DATASET.TYPE": "picks the dataset; each builder has its own tests (test_data_*.py, test_voc.py)",
@@ -208,6 +228,7 @@ NOT_SEEN_IN_A_DIGITS_RUN = {
     "VID.INPUT_SIZE": _check_vid_input_size,
     "CRD.FEAT.STUDENT_DIM": _check_crd_dims,  # the heads follow the models; another value is reported
     "CRD.FEAT.TEACHER_DIM": _check_crd_dims,
+    **{f"CTKD.{k}": _check_ctkd_lambda for k in ("COSINE_DECAY", "DECAY_MAX", "DECAY_MIN", "DECAY_LOOPS")},
 }
 
 
@@ -220,6 +241,7 @@ def _value(key: str, current, ckpts: dict):
         "DISTILLER.TEACHER_CKPT": ckpts["teacher2"], "DISTILLER.STUDENT_PRETRAINED": ckpts["student"],
         "SOLVER.TRAINER": "aug", "SOLVER.TYPE": "Adam", "SOLVER.SCHEDULER": "cosine", "SOLVER.LR_DECAY_STAGES": [],
         "SOLVER.BETAS": [0.5, 0.9], "SOLVER.AMP_DTYPE": "float16", "CONKD.SUPCON_VARIANT": "seed",
+        "CTKD.MODE": "instance",
         "FITNET.HINT_LAYER": 2, "FEATKD.STUDENT_LAYERS": [0, 2], "FEATKD.TEACHER_LAYERS": [1, 2],
         "CRD.MODE": "relax",
         "RKD.PDIST.EPSILON": 1.0,  # a floor above some squared distances (halving 1e-12 touches none of them)

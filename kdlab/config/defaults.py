@@ -203,6 +203,19 @@ _C.VID.INIT_PRED_VAR = 5.0  # variance each channel starts with (must exceed EPS
 _C.VID.TRAIN_VARIANCE = True  # train the variances (the paper); False: fixed at INIT_PRED_VAR, as mdistiller runs
 _C.VID.INPUT_SIZE = (32, 32)  # [H, W] of the zero batch that probes the stage channels; [] = the dataset's size
 
+# CTKD (Li et al., AAAI 2023): a learnable temperature T = T_START + T_END * sigmoid(r) behind a gradient-reversal
+# layer whose strength lambda follows a curriculum over epochs, for DISTILLER.TYPE CTKD (loss weights from KD.LOSS)
+# and CTKD_DKD (from DKD); the reference's train_student.py flags in brackets (kdlab/distillers/ctkd.py).
+_C.CTKD = CN()
+_C.CTKD.MODE = "global"  # global (one temperature) | instance (one per sample, an MLP on the logits; CTKD only)
+_C.CTKD.T_START = 1.0  # lowest temperature [--t_start]
+_C.CTKD.T_END = 20.0  # temperature range above T_START [--t_end]
+_C.CTKD.COSINE_DECAY = True  # lambda schedule: CTKD's CosineDecay; False: its LinearDecay [--cosine_decay]
+_C.CTKD.DECAY_MAX = 0.0  # lambda at epoch 0 [--decay_max]
+_C.CTKD.DECAY_MIN = -1.0  # lambda from epoch DECAY_LOOPS on; negative reverses the gradient [--decay_min]
+_C.CTKD.DECAY_LOOPS = 10  # epochs of the lambda curriculum [--decay_loops]
+_C.CTKD.HIDDEN = 128  # MODE instance: hidden width of the temperature MLP
+
 # CRD (contrastive representation distillation): embedding heads on the pooled features, a memory bank of
 # the training set, NCE with K negatives from other classes (kdlab/distillers/crd.py).
 _C.CRD = CN()

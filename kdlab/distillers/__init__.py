@@ -4,6 +4,7 @@ from kdlab.distillers import (  # noqa: F401  (register the methods)
     at,
     conkd,
     crd,
+    ctkd,
     dkd,
     feature_kd,
     fitnet,
