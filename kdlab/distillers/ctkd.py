@@ -44,7 +44,8 @@ import torch.nn.functional as F
 from kdlab.config import hooks
 from kdlab.distillers.base import Distiller, cross_entropy
 from kdlab.distillers.build import DISTILLERS
-from kdlab.distillers.losses import _f32, kd_loss, standardize
+from kdlab.distillers.kd import KD
+from kdlab.distillers.losses import _f32, dkd_terms, kd_loss, standardize
 from kdlab.errors import ConfigError
 
 MODES = ("global", "instance")
@@ -122,23 +123,11 @@ def instance_kd_loss(
 def dkd_loss_learned_t(logits_student, logits_teacher, target, alpha: float, beta: float, temperature: torch.Tensor):
     """DKD (distiller_zoo/DKD.py) at a temperature tensor of shape (1,) that takes a gradient; a scalar.
 
-    As losses.dkd_loss, except that NCKD's teacher term is taken as exp(log_softmax) rather than through
-    F.kl_div's target: the teacher's target class gets ~exp(-1000) = 0 there, and torch >= 2.1's kl_div
-    gives such a zero target a NaN gradient (0 * log 0), which would reach the temperature. torch <= 2.0,
-    which CTKD ran on, masked it to 0; so does this form.
+    losses.dkd_terms with zero_safe: the reference ran on torch <= 2.0, whose kl_div gave NCKD's zero
+    teacher targets a zero gradient; torch >= 2.1 gives NaN, which would reach the temperature.
     """
-    with torch.autocast(device_type=logits_student.device.type, enabled=False):
-        s, t, temperature = _f32(logits_student), _f32(logits_teacher).detach(), _f32(temperature)
-        gt = torch.zeros_like(s, dtype=torch.bool).scatter_(1, target.reshape(-1, 1), True)
-        batch = target.shape[0]
-        p_s, p_t = F.softmax(s / temperature, dim=1), F.softmax(t / temperature, dim=1)
-        b_s = torch.stack([(p_s * gt).sum(1), (p_s * ~gt).sum(1)], dim=1)
-        b_t = torch.stack([(p_t * gt).sum(1), (p_t * ~gt).sum(1)], dim=1)
-        tckd = F.kl_div(torch.log(b_s), b_t, reduction="sum") * temperature**2 / batch
-        log_q_s = F.log_softmax(s / temperature - 1000.0 * gt, dim=1)
-        log_q_t = F.log_softmax(t / temperature - 1000.0 * gt, dim=1)
-        nckd = (log_q_t.exp() * (log_q_t - log_q_s)).sum() * temperature**2 / batch
-        return (alpha * tckd + beta * nckd).squeeze(0)
+    tckd, nckd = dkd_terms(logits_student, logits_teacher, target, temperature, zero_safe=True)
+    return (alpha * tckd + beta * nckd).squeeze(0)
 
 
 class _CurriculumTemperature(Distiller):
@@ -191,11 +180,8 @@ class CTKD(_CurriculumTemperature):
         super().__init__(student, teacher, **options)
         self.ce_weight, self.kd_weight, self.logit_stand = ce_weight, kd_weight, logit_stand
 
-    @classmethod
-    def apply_logit_stand(cls, cfg, base_temp, kd_weight):
-        """As KD: KD.TEMPERATURE = base_temp (not read by CTKD), KD.LOSS.KD_WEIGHT = kd_weight."""
-        cfg.KD.TEMPERATURE = float(base_temp)
-        cfg.KD.LOSS.KD_WEIGHT = float(kd_weight)
+    # As KD: KD.TEMPERATURE = base_temp (not read by CTKD), KD.LOSS.KD_WEIGHT = kd_weight.
+    apply_logit_stand = classmethod(KD.apply_logit_stand.__func__)
 
     @classmethod
     def from_config(cls, cfg, student, teacher, facts):

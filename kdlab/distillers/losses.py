@@ -52,12 +52,21 @@ def dkd_terms(
     logits_student: torch.Tensor,
     logits_teacher: torch.Tensor,
     target: torch.Tensor,
-    temperature: float,
+    temperature: float | torch.Tensor,
     logit_stand: bool = False,
+    zero_safe: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """DKD's (TCKD, NCKD), each T^2 * sum-reduced KL / batch size, unweighted (Zhao et al. CVPR 2022)."""
+    """DKD's (TCKD, NCKD), each T^2 * sum-reduced KL / batch size, unweighted (Zhao et al. CVPR 2022).
+
+    temperature may be a tensor that takes a gradient (CTKD). zero_safe: NCKD's teacher term is taken as
+    exp(log_softmax) rather than through F.kl_div's target: the target class gets ~exp(-1000) = 0 there,
+    and torch >= 2.1's kl_div gives a zero target a NaN gradient (0 * log 0), which would reach a learned
+    temperature; torch <= 2.0 masked it to 0, and so does this form.
+    """
     with torch.autocast(device_type=logits_student.device.type, enabled=False):
         s, t = _f32(logits_student), _f32(logits_teacher).detach()
+        if isinstance(temperature, torch.Tensor):
+            temperature = _f32(temperature)
         if logit_stand:
             s, t = standardize(s), standardize(t)
         gt = _gt_mask(s, target)
@@ -69,8 +78,12 @@ def dkd_terms(
         tckd = F.kl_div(torch.log(b_s), b_t, reduction="sum") * temperature**2 / batch
         # The target class is suppressed by subtracting 1000 from z/T, not removed: its ~0 mass stays in.
         log_q_s = F.log_softmax(s / temperature - 1000.0 * gt, dim=1)
-        q_t = F.softmax(t / temperature - 1000.0 * gt, dim=1)
-        nckd = F.kl_div(log_q_s, q_t, reduction="sum") * temperature**2 / batch
+        if zero_safe:
+            log_q_t = F.log_softmax(t / temperature - 1000.0 * gt, dim=1)
+            nckd = (log_q_t.exp() * (log_q_t - log_q_s)).sum() * temperature**2 / batch
+        else:
+            q_t = F.softmax(t / temperature - 1000.0 * gt, dim=1)
+            nckd = F.kl_div(log_q_s, q_t, reduction="sum") * temperature**2 / batch
         return tckd, nckd
 
 
