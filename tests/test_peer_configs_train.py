@@ -28,17 +28,11 @@ from kdlab.errors import ConfigError
 FILES = sorted(reference_table("peer_configs.json")["files"])
 # What kdlab refuses for now, and the one-line reason it gives (a regular expression on the message).
 REFUSED = {
-    "MobileNetV1": r"DISTILLER\.STUDENT: 'MobileNetV1' \(a model of the reference code\) is not implemented yet",
     "tiny_imagenet": r"DATASET\.TYPE: 'tiny_imagenet' \(a dataset of the reference code\) is not implemented yet",
     "DKD_aug": r"DISTILLER\.TYPE: 'DKD_aug' \(DKD on MLKD's weak/strong views, .*\) is not implemented yet",
 }
-# Files that load but cannot build with kdlab's models, and the error that says why: logit-standardization-KD's
-# ImageNet "MobileNetV2" is MobileNetV1's layout (conv_dw blocks, 1024 channels); kdlab builds torchvision's
-# MobileNetV2 for that name until MobileNetV1 lands, and the channel lists written for V1 do not fit it.
-BUILD_REFUSED = {
-    "logit-standardization-KD/imagenet/r50_mv2/reviewkd.yaml":
-        r"REVIEWKD\.IN_CHANNELS \[128, 256, 512, 1024, 1024\] does not match the student: .* \[24, 32, 96, 320, 1280\]",
-}
+# Files that load but cannot build with kdlab's models, and the error that says why.
+BUILD_REFUSED: dict[str, str] = {}
 IMAGENET_WNIDS = ["n01440764", "n01443537", "n01484850"]
 
 
