@@ -22,6 +22,10 @@ from kdlab.models import build_model, load_weights, resolve_model_name
 log = logging.getLogger("kdlab")
 
 CIFAR_TEACHER_DIR = os.path.join("download_ckpts", "cifar_teachers")
+# mdistiller's tiny_imagenet_model_dict: its one Tiny-ImageNet teacher file.
+TINY_IMAGENET_TEACHERS = {
+    "ResNet18": os.path.join("download_ckpts", "tiny_imagenet_teachers", "ResNet18_vanilla", "ti_res18")
+}
 
 
 def select_device(cfg: CfgNode, local_rank: int | None = None) -> torch.device:
@@ -49,6 +53,8 @@ def model_kwargs(cfg: CfgNode, splits: DatasetSplits, teacher: bool = False) -> 
 
 
 def default_teacher_ckpt(cfg: CfgNode) -> str:
+    if cfg.DATASET.TYPE == "tiny_imagenet" and cfg.DISTILLER.TEACHER in TINY_IMAGENET_TEACHERS:
+        return TINY_IMAGENET_TEACHERS[cfg.DISTILLER.TEACHER]
     return os.path.join(CIFAR_TEACHER_DIR, f"{cfg.DISTILLER.TEACHER}_vanilla", "ckpt_epoch_240.pth")
 
 
