@@ -27,9 +27,7 @@ from kdlab.errors import ConfigError
 
 FILES = sorted(reference_table("peer_configs.json")["files"])
 # What kdlab refuses for now, and the one-line reason it gives (a regular expression on the message).
-REFUSED = {
-    "DKD_aug": r"DISTILLER\.TYPE: 'DKD_aug' \(DKD on MLKD's weak/strong views, .*\) is not implemented yet",
-}
+REFUSED: dict[str, str] = {}
 # Files that load but cannot build with kdlab's models, and the error that says why.
 BUILD_REFUSED: dict[str, str] = {}
 IMAGENET_WNIDS = ["n01440764", "n01443537", "n01484850"]

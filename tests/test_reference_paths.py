@@ -64,7 +64,7 @@ DEFAULT_DIFFERENCES[LS] = dict(DEFAULT_DIFFERENCES[MD], **{
     "KD.LOSS.KD_WEIGHT": "mdistiller's 0.9 (LS: 9); --logit-stand sets --kd-weight",
 })
 # Names of the reference code kdlab refuses at load time for now: a file naming one is loaded unvalidated.
-NOT_YET = ("DKD_aug", 'TRAINER: "crd"', 'TRAINER: "dot"')
+NOT_YET = ('TRAINER: "crd"', 'TRAINER: "dot"')
 NAMING = ("EXPERIMENT.PROJECT", "EXPERIMENT.NAME", "EXPERIMENT.TAG")
 
 

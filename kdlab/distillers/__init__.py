@@ -1,6 +1,22 @@
 """Distillers: one registry, one file per method; losses are pure functions in losses.py."""
 
-from kdlab.distillers import at, conkd, dkd, feature_kd, fitnet, kd, kdsvd, mlkd, nst, pkt, reviewkd, rkd, sp, vanilla  # noqa: F401  (register the methods)
+from kdlab.distillers import (  # noqa: F401  (register the methods)
+    at,
+    conkd,
+    dkd,
+    dkd_aug,
+    feature_kd,
+    fitnet,
+    kd,
+    kdsvd,
+    mlkd,
+    nst,
+    pkt,
+    reviewkd,
+    rkd,
+    sp,
+    vanilla,
+)
 from kdlab.distillers.base import DatasetFacts, Distiller
 from kdlab.distillers.build import DISTILLERS, build_distiller, dataset_facts, get_distiller_class, known_methods
 
