@@ -122,3 +122,16 @@ def test_tiny_imagenet_mobilenet_v2_feats_and_bn_before_relu():
     assert [o.shape for o in outs] == [p.shape for p in feats["preact_feats"][1:]]
     assert torch.equal(outs[-1], feats["preact_feats"][-1])
     assert torch.equal(feats["feats"][-1], feats["preact_feats"][-1].clamp(0, 6))
+
+
+def test_the_builder_says_which_network_a_reference_name_builds(caplog):
+    from kdlab.config import load_cfg
+    from kdlab.data import DatasetSplits
+    from kdlab.engine.builder import build_student
+
+    cfg = load_cfg(None, ["DATASET.TYPE", "imagenet", "DISTILLER.STUDENT", "MobileNetV2"])
+    splits = DatasetSplits(train=[], val=[], num_classes=10, class_names=[], input_size=(224, 224))
+    with caplog.at_level("INFO", logger="kdlab"):
+        model = build_student(cfg, splits)
+    assert type(model).__name__ == "MobileNetV1" and model.fc.out_features == 10
+    assert "DISTILLER.STUDENT MobileNetV2 on imagenet builds kdlab's MobileNetV1" in caplog.text

@@ -58,8 +58,17 @@ def default_teacher_ckpt(cfg: CfgNode) -> str:
     return os.path.join(CIFAR_TEACHER_DIR, f"{cfg.DISTILLER.TEACHER}_vanilla", "ckpt_epoch_240.pth")
 
 
+def resolved_model_name(cfg: CfgNode, role: str) -> str:
+    """The kdlab model DISTILLER.<role> names on this dataset (logged when a reference name maps to another)."""
+    given = cfg.DISTILLER[role]
+    name = resolve_model_name(given, cfg.DATASET.TYPE)
+    if name != given:
+        log.info("DISTILLER.%s %s on %s builds kdlab's %s", role, given, cfg.DATASET.TYPE, name)
+    return name
+
+
 def build_student(cfg: CfgNode, splits: DatasetSplits) -> nn.Module:
-    name = resolve_model_name(cfg.DISTILLER.STUDENT, cfg.DATASET.TYPE)
+    name = resolved_model_name(cfg, "STUDENT")
     model = build_model(name, splits.num_classes, pretrained=cfg.DISTILLER.STUDENT_PRETRAINED or None,
                         **model_kwargs(cfg, splits))
     return model
@@ -70,7 +79,7 @@ def build_teacher(cfg: CfgNode, splits: DatasetSplits, load_teacher_weights: boo
 
     load_teacher_weights=False keeps the random initialization (benchmarks need no checkpoint).
     """
-    name = resolve_model_name(cfg.DISTILLER.TEACHER, cfg.DATASET.TYPE)
+    name = resolved_model_name(cfg, "TEACHER")
     kwargs = model_kwargs(cfg, splits, teacher=True)
     if not load_teacher_weights:
         return build_model(name, splits.num_classes, **kwargs)
