@@ -171,6 +171,45 @@ def write_imagefolder_dataset(
     return base
 
 
+TINY_IMAGENET_WNIDS = ["n02124075", "n01443537", "n09246464"]  # wnids.txt's order is not sorted
+
+
+def write_tiny_imagenet(
+    root: str | os.PathLike, wnids: list[str] | None = None, n_train: int = 2, n_val: int = 2, seed: int = 0
+) -> dict:
+    """Write `tiny-imagenet-200/` under root as the official zip unpacks: wnids.txt, words.txt,
+    train/<wnid>/images/<wnid>_<i>.JPEG (+ <wnid>_boxes.txt), val/images/val_<i>.JPEG with
+    val/val_annotations.txt, and an unlabelled test/images/. 64x64 JPEGs of class_color(k), k the
+    wnid's sorted position; the val images are shuffled so the file order does not follow the classes.
+    Returns {"folder", "wnids" (sorted), "val" ([(file name, target)] in annotation order)}.
+    """
+    wnids = list(wnids or TINY_IMAGENET_WNIDS)
+    order = sorted(wnids)
+    base = Path(root) / "tiny-imagenet-200"
+    (base / "val" / "images").mkdir(parents=True, exist_ok=True)
+    (base / "test" / "images").mkdir(parents=True, exist_ok=True)
+    (base / "wnids.txt").write_text("".join(f"{w}\n" for w in wnids))
+    (base / "words.txt").write_text("".join(f"{w}\tclass {w}, other name\n" for w in wnids))
+    for wnid in wnids:
+        folder = base / "train" / wnid / "images"
+        folder.mkdir(parents=True, exist_ok=True)
+        target = order.index(wnid)
+        for i in range(n_train):
+            write_jpeg(folder / f"{wnid}_{i}.JPEG", (64, 64), class_color(target), seed=seed + target * 100 + i)
+        (base / "train" / wnid / f"{wnid}_boxes.txt").write_text(
+            "".join(f"{wnid}_{i}.JPEG\t0\t0\t63\t63\n" for i in range(n_train)))
+    labels = [order[k % len(order)] for k in range(n_val * len(order))]
+    np.random.default_rng(seed).shuffle(labels)
+    val = []
+    for i, wnid in enumerate(labels):
+        write_jpeg(base / "val" / "images" / f"val_{i}.JPEG", (64, 64), class_color(order.index(wnid)), seed=seed + i)
+        val.append((f"val_{i}.JPEG", order.index(wnid)))
+    (base / "val" / "val_annotations.txt").write_text(
+        "".join(f"{name}\t{order[t]}\t0\t0\t63\t63\n" for name, t in val))
+    write_jpeg(base / "test" / "images" / "test_0.JPEG", (64, 64))
+    return {"folder": base, "wnids": order, "val": val}
+
+
 class _CreatesFile:
     """Unpickling this calls open(path, 'w'): the shape of a malicious pickle."""
 

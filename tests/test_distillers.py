@@ -31,6 +31,7 @@ BATCH = 16
 LOSS_KEYS = {
     "KD": {"loss_ce", "loss_kd"},
     "DKD": {"loss_ce", "loss_kd"},
+    "DKD_aug": {"loss_ce", "loss_kd"},
     "MLKD": {"loss_ce", "loss_kd", "loss_cc", "loss_bc"},
     "FITNET": {"loss_ce", "loss_feat"},
     "FEATKD": {"loss_ce", "loss_kd", "loss_feat"},
@@ -52,6 +53,7 @@ LOSS_KEYS = {
 EXTRA_PARAMS = {
     "KD": 0,
     "DKD": 0,
+    "DKD_aug": 0,
     "MLKD": 0,
     # ConvReg on feats[1]: 1x1 conv 16->32 with bias (16*32 + 32) + BatchNorm(32) (2*32)
     "FITNET": 16 * 32 + 32 + 2 * 32,

@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 from conftest import reference_table
-from fixtures_data import write_cifar, write_imagefolder_dataset
+from fixtures_data import write_cifar, write_imagefolder_dataset, write_tiny_imagenet
 
 from kdlab.config import load_cfg
 from kdlab.data import build_dataloaders
@@ -27,18 +27,9 @@ from kdlab.errors import ConfigError
 
 FILES = sorted(reference_table("peer_configs.json")["files"])
 # What kdlab refuses for now, and the one-line reason it gives (a regular expression on the message).
-REFUSED = {
-    "MobileNetV1": r"DISTILLER\.STUDENT: 'MobileNetV1' \(a model of the reference code\) is not implemented yet",
-    "tiny_imagenet": r"DATASET\.TYPE: 'tiny_imagenet' \(a dataset of the reference code\) is not implemented yet",
-    "DKD_aug": r"DISTILLER\.TYPE: 'DKD_aug' \(DKD on MLKD's weak/strong views, .*\) is not implemented yet",
-}
-# Files that load but cannot build with kdlab's models, and the error that says why: logit-standardization-KD's
-# ImageNet "MobileNetV2" is MobileNetV1's layout (conv_dw blocks, 1024 channels); kdlab builds torchvision's
-# MobileNetV2 for that name until MobileNetV1 lands, and the channel lists written for V1 do not fit it.
-BUILD_REFUSED = {
-    "logit-standardization-KD/imagenet/r50_mv2/reviewkd.yaml":
-        r"REVIEWKD\.IN_CHANNELS \[128, 256, 512, 1024, 1024\] does not match the student: .* \[24, 32, 96, 320, 1280\]",
-}
+REFUSED: dict[str, str] = {}
+# Files that load but cannot build with kdlab's models, and the error that says why.
+BUILD_REFUSED: dict[str, str] = {}
 IMAGENET_WNIDS = ["n01440764", "n01443537", "n01484850"]
 
 
@@ -58,7 +49,9 @@ def data_roots(tmp_path_factory) -> dict:
     write_cifar(cifar, "cifar100", n_train=4, n_test=2)
     imagenet = tmp_path_factory.mktemp("imagenet")
     write_imagefolder_dataset(imagenet, "imagenet", wnids=IMAGENET_WNIDS, n_train=2, n_val=1)
-    return {"cifar100": str(cifar), "imagenet": str(imagenet)}
+    tiny_imagenet = tmp_path_factory.mktemp("tiny_imagenet")
+    write_tiny_imagenet(tiny_imagenet, n_train=1, n_val=1)
+    return {"cifar100": str(cifar), "imagenet": str(imagenet), "tiny_imagenet": str(tiny_imagenet)}
 
 
 def test_the_table_has_every_peer_file(peer_config_dir):

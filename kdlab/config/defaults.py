@@ -26,7 +26,7 @@ _C.EXPERIMENT.DETERMINISTIC = False  # torch.use_deterministic_algorithms (slowe
 
 # ---------------------------------------------------------------- dataset
 _C.DATASET = CN()
-_C.DATASET.TYPE = "cifar100"  # digits | cifar10 | cifar100 | imagenette | imagenet | voc
+_C.DATASET.TYPE = "cifar100"  # digits | cifar10 | cifar100 | imagenette | imagenet | tiny_imagenet | voc
 _C.DATASET.ROOT = "./data"  # folder holding the dataset's standard top folder
 _C.DATASET.DOWNLOAD = False  # download when missing (never by default)
 _C.DATASET.NUM_WORKERS = 2  # DataLoader worker processes (0 = load in the main process)

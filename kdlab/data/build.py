@@ -22,7 +22,7 @@ from kdlab.registry import Registry
 
 DATASETS = Registry("dataset")
 # Dataset names of the reference code that configs may name but kdlab does not read yet.
-NOT_YET_IMPLEMENTED = ("tiny_imagenet",)
+NOT_YET_IMPLEMENTED: tuple[str, ...] = ()
 hooks.register_names("DATASET.TYPE", DATASETS.names, not_yet={
     name: "(a dataset of the reference code) is not implemented yet in kdlab" for name in NOT_YET_IMPLEMENTED})
 

@@ -6,6 +6,7 @@ from kdlab.distillers import (  # noqa: F401  (register the methods)
     crd,
     ctkd,
     dkd,
+    dkd_aug,
     feature_kd,
     fitnet,
     kd,

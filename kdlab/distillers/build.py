@@ -20,11 +20,7 @@ ALIASES = {"KD_ours": "MLKD"}
 # Methods of the reference code that configs may name but kdlab does not implement yet.
 NOT_YET_IMPLEMENTED = ()
 # Names the reference configs use that kdlab refuses at load time, and why (one line each).
-REFUSED = {
-    "DKD_aug": "(DKD on MLKD's weak/strong views, named by logit-standardization-KD's "
-    "cifar100/dkd/resnet32x4_resnet8x4_aug.yaml, whose code defines no such method) is not implemented yet "
-    "in kdlab; use DKD, or MLKD for weak/strong views",
-}
+REFUSED: dict[str, str] = {}
 
 
 def resolve_method(name: str) -> str:

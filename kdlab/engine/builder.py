@@ -22,6 +22,10 @@ from kdlab.models import build_model, load_weights, resolve_model_name
 log = logging.getLogger("kdlab")
 
 CIFAR_TEACHER_DIR = os.path.join("download_ckpts", "cifar_teachers")
+# mdistiller's tiny_imagenet_model_dict: its one Tiny-ImageNet teacher file.
+TINY_IMAGENET_TEACHERS = {
+    "ResNet18": os.path.join("download_ckpts", "tiny_imagenet_teachers", "ResNet18_vanilla", "ti_res18")
+}
 
 
 def select_device(cfg: CfgNode, local_rank: int | None = None) -> torch.device:
@@ -49,11 +53,22 @@ def model_kwargs(cfg: CfgNode, splits: DatasetSplits, teacher: bool = False) -> 
 
 
 def default_teacher_ckpt(cfg: CfgNode) -> str:
+    if cfg.DATASET.TYPE == "tiny_imagenet" and cfg.DISTILLER.TEACHER in TINY_IMAGENET_TEACHERS:
+        return TINY_IMAGENET_TEACHERS[cfg.DISTILLER.TEACHER]
     return os.path.join(CIFAR_TEACHER_DIR, f"{cfg.DISTILLER.TEACHER}_vanilla", "ckpt_epoch_240.pth")
 
 
+def resolved_model_name(cfg: CfgNode, role: str) -> str:
+    """The kdlab model DISTILLER.<role> names on this dataset (logged when a reference name maps to another)."""
+    given = cfg.DISTILLER[role]
+    name = resolve_model_name(given, cfg.DATASET.TYPE)
+    if name != given:
+        log.info("DISTILLER.%s %s on %s builds kdlab's %s", role, given, cfg.DATASET.TYPE, name)
+    return name
+
+
 def build_student(cfg: CfgNode, splits: DatasetSplits) -> nn.Module:
-    name = resolve_model_name(cfg.DISTILLER.STUDENT, cfg.DATASET.TYPE)
+    name = resolved_model_name(cfg, "STUDENT")
     model = build_model(name, splits.num_classes, pretrained=cfg.DISTILLER.STUDENT_PRETRAINED or None,
                         **model_kwargs(cfg, splits))
     return model
@@ -64,7 +79,7 @@ def build_teacher(cfg: CfgNode, splits: DatasetSplits, load_teacher_weights: boo
 
     load_teacher_weights=False keeps the random initialization (benchmarks need no checkpoint).
     """
-    name = resolve_model_name(cfg.DISTILLER.TEACHER, cfg.DATASET.TYPE)
+    name = resolved_model_name(cfg, "TEACHER")
     kwargs = model_kwargs(cfg, splits, teacher=True)
     if not load_teacher_weights:
         return build_model(name, splits.num_classes, **kwargs)

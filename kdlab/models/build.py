@@ -18,17 +18,27 @@ from kdlab.registry import Registry
 
 MODELS = Registry("model")
 # Model names of the reference code that configs may name but kdlab does not build yet.
-MODELS_NOT_YET_IMPLEMENTED = ("MobileNetV1",)
+MODELS_NOT_YET_IMPLEMENTED: tuple[str, ...] = ()
 
-# mdistiller's ImageNet model names (used by its imagenet YAML files) -> kdlab names.
+# The reference code's ImageNet model names (used by its imagenet YAML files) -> kdlab names.
+# "MobileNetV2" is logit-standardization-KD's name for mdistiller's MobileNetV1 layout (its r50_mv2
+# files are written for that network; see kdlab/models/imagenet/mobilenetv1.py); torchvision's
+# MobileNetV2 is "mobilenet_v2".
 IMAGENET_ALIASES = {
     "ResNet18": "resnet18",
     "ResNet34": "resnet34",
     "ResNet50": "resnet50",
     "ResNet101": "resnet101",
-    "MobileNetV2": "mobilenet_v2",
+    "MobileNetV2": "MobileNetV1",
 }
+# mdistiller's Tiny-ImageNet model names that build another network than the CIFAR one of that name
+# (its tiny_imagenet_model_dict: ResNet18 and ShuffleV2 are the CIFAR models, MobileNetV2 is not).
+TINY_IMAGENET_ALIASES = {"MobileNetV2": "mobilenetv2_tinyimagenet"}
 IMAGENET_SCALE_DATASETS = ("imagenet", "imagenette")
+DATASET_ALIASES = {
+    **{name: IMAGENET_ALIASES for name in IMAGENET_SCALE_DATASETS},
+    "tiny_imagenet": TINY_IMAGENET_ALIASES,
+}
 for _key in ("DISTILLER.STUDENT", "DISTILLER.TEACHER"):
     hooks.register_names(_key, MODELS.names, tuple(IMAGENET_ALIASES), not_yet={
         name: "(a model of the reference code) is not implemented yet in kdlab; for ImageNet pairs use "
@@ -36,12 +46,9 @@ for _key in ("DISTILLER.STUDENT", "DISTILLER.TEACHER"):
 
 
 def resolve_model_name(name: str, dataset_type: str = "") -> str:
-    """Map mdistiller's ImageNet names to torchvision ones when the dataset is ImageNet-scale."""
-    if dataset_type in IMAGENET_SCALE_DATASETS and name in IMAGENET_ALIASES:
-        alias = IMAGENET_ALIASES[name]
-        if alias in MODELS:
-            return alias
-    return name
+    """Map the reference code's model names to kdlab's for the datasets where they mean another network."""
+    alias = DATASET_ALIASES.get(dataset_type, {}).get(name)
+    return alias if alias is not None and alias in MODELS else name
 
 
 def build_model(name: str, num_classes: int, pretrained: str | None = None, **kwargs: Any) -> nn.Module:

@@ -1,3 +1,11 @@
 """mdistiller-compatible CIFAR model zoo: importing the modules registers every architecture."""
 
-from kdlab.models.cifar import mobilenetv2, resnet, shufflenetv1, shufflenetv2, vgg, wrn  # noqa: F401
+from kdlab.models.cifar import (  # noqa: F401
+    mobilenetv2,
+    mv2_tinyimagenet,
+    resnet,
+    shufflenetv1,
+    shufflenetv2,
+    vgg,
+    wrn,
+)

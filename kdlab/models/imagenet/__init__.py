@@ -1,3 +1,3 @@
-"""ImageNet-scale models: torchvision's backbones with kdlab's (logits, feats) contract."""
+"""ImageNet-scale models: torchvision's backbones (kdlab's (logits, feats) contract) and mdistiller's MobileNetV1."""
 
-from kdlab.models.imagenet import torchvision  # noqa: F401  (registers the backbones)
+from kdlab.models.imagenet import mobilenetv1, torchvision  # noqa: F401  (register the backbones)
