@@ -1,6 +1,6 @@
 """Every key of the defaults does something: given a value other than its context's, it (a) changes a short
-digits run, or an explicit small check, (b) is reference-compatibility only (REFERENCE_ONLY in defaults.py),
-or (c) is refused at load time. The keys are walked from the defaults, so a new key nobody wired up fails here.
+digits run, or an explicit small check, or (b) is refused at load time.
+The keys are walked from the defaults, so a new key nobody wired up fails here.
 
 A run is in-process: 2 epochs of 2 steps (batch 16) of the key's method on digits (method groups under their
 method, KD's also under MLKD; the rest under KD), compared by a fingerprint with the same context's run.
@@ -17,9 +17,6 @@ import torch
 from conftest import REPO
 
 from kdlab.config import flatten, get_cfg, load_cfg
-from kdlab.config.defaults import REFERENCE_ONLY
-from kdlab.config.validate import TRAINERS_NOT_YET_IMPLEMENTED
-from kdlab.distillers.build import DISTILLERS
 from kdlab.engine import trainer as trainer_mod
 from kdlab.engine.loggers import RunLogger
 from kdlab.engine.run import train
@@ -44,7 +41,6 @@ CONTEXT = {"SOLVER.MIN_LR": {"SOLVER.SCHEDULER": "cosine", "SOLVER.WARMUP_EPOCHS
 REFUSED_AT_LOAD = {"DATASET.IMAGE_SIZE",  # digits images are 8x8 and never resized
                    "SOLVER.AMP_DTYPE",  # float16 autocast needs CUDA
                    "SOLVER.TRAINER"}  # aug/ours feed two views, which KD does not take (MLKD takes them anyway)
-REFERENCE_METHODS = [g for g in REFERENCE_ONLY if "." not in g]
 
 
 def _check_root(tmp_path, value):
@@ -353,17 +349,7 @@ def ckpts(tmp_path_factory) -> dict:
     return out
 
 
-def test_reference_only_groups_name_methods_and_trainers_kdlab_lacks():
-    cfg = get_cfg()
-    for group in REFERENCE_ONLY:
-        node = cfg
-        for part in group.split("."):
-            node = node[part]  # each entry is a group of the defaults
-    assert not set(REFERENCE_METHODS) & set(DISTILLERS.names())  # implemented: take it off REFERENCE_ONLY
-    assert not TRAINERS_NOT_YET_IMPLEMENTED  # crd is the base trainer, dot is implemented
-
-
-def test_every_key_changes_behaviour_or_is_reference_only_or_refused(tmp_path, monkeypatch, ckpts):
+def test_every_key_changes_behaviour_or_is_refused(tmp_path, monkeypatch, ckpts):
     rec = Recorder(monkeypatch)
     bases: dict = {}
     contexts: dict = {}
@@ -381,9 +367,6 @@ def test_every_key_changes_behaviour_or_is_reference_only_or_refused(tmp_path, m
 
     outcome, unchanged = {}, []
     for key in list(flatten(get_cfg())):
-        if any(key == g or key.startswith(g + ".") for g in REFERENCE_ONLY):
-            outcome[key] = "reference-only"
-            continue
         if key in NOT_SEEN_IN_A_DIGITS_RUN:
             check = NOT_SEEN_IN_A_DIGITS_RUN[key]
             if callable(check):

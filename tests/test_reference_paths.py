@@ -23,7 +23,6 @@ from conftest import REPO, reference_table
 
 from kdlab.config import get_cfg, load_cfg
 from kdlab.config.load import flatten
-from kdlab.errors import ConfigError
 from kdlab.models.build import resolve_model_name
 
 MD, LS = "mdistiller", "logit-standardization-KD"
@@ -63,8 +62,6 @@ DEFAULT_DIFFERENCES[LS] = dict(DEFAULT_DIFFERENCES[MD], **{
     "KD.TEMPERATURE": "mdistiller's 4 (LS: 2); --logit-stand sets --base-temp",
     "KD.LOSS.KD_WEIGHT": "mdistiller's 0.9 (LS: 9); --logit-stand sets --kd-weight",
 })
-# Names of the reference code kdlab refuses at load time for now: a file naming one is loaded unvalidated.
-NOT_YET = ('TRAINER: "crd"', 'TRAINER: "dot"')
 NAMING = ("EXPERIMENT.PROJECT", "EXPERIMENT.NAME", "EXPERIMENT.TAG")
 
 
@@ -90,14 +87,9 @@ def peer_values(key: str, logit_stand: bool = False) -> dict:
     return values
 
 
-def kdlab_values(rel: str, logit_stand: bool = False, opts: tuple = ()) -> tuple[dict, bool]:
-    """kdlab's file resolved with kdlab's defaults, and whether it was validated (refused names: not)."""
-    path = os.path.join(CONFIGS, rel)
-    try:
-        return flatten(load_cfg(path, opts, logit_stand=logit_stand)), True
-    except ConfigError as err:
-        assert "is not implemented yet" in str(err) and any(n in _text(path) for n in NOT_YET), str(err)
-        return flatten(load_cfg(path, opts, logit_stand=logit_stand, validate=False)), False
+def kdlab_values(rel: str, logit_stand: bool = False, opts: tuple = ()) -> dict:
+    """kdlab's file resolved (and validated: nothing of the reference's is refused) with kdlab's defaults."""
+    return flatten(load_cfg(os.path.join(CONFIGS, rel), opts, logit_stand=logit_stand))
 
 
 def differences(key: str, mine: dict, logit_stand: bool = False) -> dict:
@@ -126,7 +118,7 @@ def test_the_tables_cover_both_repositories():
 @pytest.mark.parametrize("rel", PATHS)
 def test_reference_path_resolves_to_the_reference_values(rel):
     assert os.path.isfile(os.path.join(CONFIGS, rel)), f"configs/{rel} is missing"
-    mine, _ = kdlab_values(rel)
+    mine = kdlab_values(rel)
     follows, expected_diff = FOLLOWS.get(rel, (None, {}))
     for repo, key in BY_PATH[rel].items():
         want = {} if follows in (None, repo) else expected_diff
@@ -138,7 +130,7 @@ def test_reference_path_resolves_to_the_reference_values(rel):
 @pytest.mark.parametrize("key", sorted(OTHER_FILE))
 def test_the_other_recipe_of_a_conflicting_path_is_shipped_too(key):
     rel, opts = OTHER_FILE[key]
-    mine, _ = kdlab_values(rel, opts=opts)
+    mine = kdlab_values(rel, opts=opts)
     dataset = mine["DATASET.TYPE"]
     diff = differences(key, mine)
     for k in ("DISTILLER.TEACHER", "DISTILLER.STUDENT"):
@@ -154,15 +146,8 @@ LOGIT_STAND_FILES = sorted(k for k in PEER if k.startswith(LS) and FOLLOWS.get(k
 @pytest.mark.parametrize("key", LOGIT_STAND_FILES)
 def test_logit_stand_commands_resolve_exactly_as_in_logit_standardization_kd(key):
     """`--cfg <path> --logit-stand --base-temp 2 --kd-weight 9`: every key equal, KD.* included."""
-    mine, _ = kdlab_values(key.split("/", 1)[1], logit_stand=True)
+    mine = kdlab_values(key.split("/", 1)[1], logit_stand=True)
     assert differences(key, mine, logit_stand=True) == {}
-
-
-def test_refused_files_are_only_those_naming_what_kdlab_lacks():
-    unvalidated = sorted(rel for rel in PATHS if not kdlab_values(rel)[1])
-    assert unvalidated, "no reference path names a refused name any more: empty NOT_YET and this test"
-    for rel in unvalidated:
-        assert any(n in _text(os.path.join(CONFIGS, rel)) for n in NOT_YET), rel
 
 
 def _bases(path: str) -> list[str]:
@@ -176,11 +161,6 @@ def _bases(path: str) -> list[str]:
             return out
         path = os.path.normpath(os.path.join(os.path.dirname(path), base))
         out.append(path)
-
-
-def _text(path: str) -> str:
-    """The text of a config file and of the files it includes."""
-    return "".join(open(p).read() for p in (path, *_bases(path)))
 
 
 def test_one_experiment_is_one_file_and_includes():

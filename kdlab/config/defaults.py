@@ -8,11 +8,6 @@ logit-standardization values explicitly.
 
 from yacs.config import CfgNode as CN
 
-# Reference-compatibility only: key groups that exist so that mdistiller's YAML files load, for
-# methods and trainers kdlab does not implement yet (naming one of those methods or trainers is
-# refused; these keys change nothing). A group leaves this list when its method is implemented.
-REFERENCE_ONLY: tuple[str, ...] = ()  # every group of mdistiller's is implemented now
-
 _C = CN()
 
 # ---------------------------------------------------------------- experiment

@@ -9,30 +9,19 @@ and applies --logit-stand.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any, Optional
 
 _names: dict[str, tuple[Callable[[], Iterable[str]], tuple[str, ...]]] = {}
-_not_yet: dict[str, dict[str, str]] = {}
 _method_lookup: Optional[Callable[[str], Optional[type]]] = None
 _method_names: Callable[[], Iterable[str]] = tuple
 _loader: Optional[Callable[[], None]] = None
 _validators: list[Callable[[Any], None]] = []
 
 
-def register_names(
-    key: str,
-    names: Callable[[], Iterable[str]],
-    also_valid: Iterable[str] = (),
-    not_yet: Optional[Mapping[str, str]] = None,
-) -> None:
-    """Config key `key` must name one of `names()` (read at validation time) or of `also_valid`.
-
-    not_yet: {name: why} for names of the reference code that kdlab refuses at load time, saying why
-    (usually "not implemented yet"); a name in names() is never refused.
-    """
+def register_names(key: str, names: Callable[[], Iterable[str]], also_valid: Iterable[str] = ()) -> None:
+    """Config key `key` must name one of `names()` (read at validation time) or of `also_valid`."""
     _names[key] = (names, tuple(also_valid))
-    _not_yet[key] = dict(not_yet or {})
 
 
 def register_methods(lookup: Callable[[str], Optional[type]], names: Callable[[], Iterable[str]]) -> None:
@@ -71,12 +60,6 @@ def valid_names(key: str) -> Optional[tuple[list[str], tuple[str, ...]]]:
         return None
     names, also_valid = _names[key]
     return sorted(names()), also_valid
-
-
-def refused_names(key: str) -> dict[str, str]:
-    """{name: why} of the names key may not take yet (register_names' not_yet)."""
-    ensure_registered()
-    return dict(_not_yet.get(key, {}))
 
 
 def method_class(name: str) -> Optional[Any]:

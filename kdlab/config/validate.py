@@ -15,7 +15,6 @@ from kdlab.registry import closest_names
 # each sample's index and contrast indices to the batch: in kdlab every batch carries the index and CRD
 # draws its contrast indices itself, so crd is the base trainer (and CRD runs under base too).
 TRAINERS = ("base", "aug", "ours", "dot", "crd")
-TRAINERS_NOT_YET_IMPLEMENTED: tuple[str, ...] = ()  # mdistiller trainers refused at load time
 TWO_VIEW_TRAINERS = ("aug", "ours")  # the reference code's trainers that feed two views per image
 # Keys whose valid names are registered by the packages that own them (kdlab.config.hooks), in checking order.
 REGISTERED_NAME_KEYS = (
@@ -36,12 +35,6 @@ def _check_name(key: str, value: str, valid: list[str], extra_ok: tuple = ()) ->
     raise ConfigError(f"{key}: unknown name {value!r}{hint}")
 
 
-def _check_not_yet(key: str, value: str, valid: list[str]) -> None:
-    why = hooks.refused_names(key).get(value)
-    if why is not None and value not in valid:
-        raise ConfigError(f"{key}: {value!r} {why}")
-
-
 def _positive(key: str, value: float, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
@@ -49,11 +42,6 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
 
 def _check_trainer(cfg: CfgNode, method) -> None:
     trainer = cfg.SOLVER.TRAINER
-    if trainer in TRAINERS_NOT_YET_IMPLEMENTED:
-        raise ConfigError(
-            f"SOLVER.TRAINER {trainer!r} (mdistiller's {trainer.upper()} trainer) is not implemented yet in kdlab; "
-            f"implemented: {', '.join(TRAINERS)}"
-        )
     _check_name("SOLVER.TRAINER", trainer, list(TRAINERS))
     if trainer in TWO_VIEW_TRAINERS and method is not None and not method.two_views:
         raise ConfigError(
@@ -77,7 +65,6 @@ def validate_cfg(cfg: CfgNode) -> None:
         valid = hooks.valid_names(key)
         if valid is not None:
             group, leaf = key.split(".")
-            _check_not_yet(key, cfg[group][leaf], valid[0])
             _check_name(key, cfg[group][leaf], *valid)
     _check_trainer(cfg, method)
     _check_name("SOLVER.AMP_DTYPE", cfg.SOLVER.AMP_DTYPE, ["bfloat16", "float16"])

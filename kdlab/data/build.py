@@ -21,10 +21,7 @@ from kdlab.errors import ConfigError, UnknownNameError
 from kdlab.registry import Registry
 
 DATASETS = Registry("dataset")
-# Dataset names of the reference code that configs may name but kdlab does not read yet.
-NOT_YET_IMPLEMENTED: tuple[str, ...] = ()
-hooks.register_names("DATASET.TYPE", DATASETS.names, not_yet={
-    name: "(a dataset of the reference code) is not implemented yet in kdlab" for name in NOT_YET_IMPLEMENTED})
+hooks.register_names("DATASET.TYPE", DATASETS.names)
 
 
 def check_image_size(cfg: CfgNode) -> None:
@@ -63,11 +60,6 @@ class DatasetSplits:
 
 def build_datasets(cfg: CfgNode, two_views: bool = False) -> DatasetSplits:
     """Build the configured dataset's train/val splits (no loaders); two_views: (weak, strong) training images."""
-    if cfg.DATASET.TYPE in NOT_YET_IMPLEMENTED and cfg.DATASET.TYPE not in DATASETS:
-        raise UnknownNameError(
-            f"DATASET.TYPE {cfg.DATASET.TYPE!r} is not supported by kdlab yet "
-            f"(supported: {', '.join(DATASETS.names())})"
-        )
     return DATASETS.get(cfg.DATASET.TYPE)(cfg, two_views=two_views)
 
 

@@ -10,17 +10,13 @@ from yacs.config import CfgNode
 
 from kdlab.config import hooks
 from kdlab.distillers.base import DatasetFacts, Distiller
-from kdlab.errors import ConfigError, UnknownNameError
+from kdlab.errors import ConfigError
 from kdlab.registry import Registry
 
 DISTILLERS = Registry("distiller")
 
 # mdistiller / logit-standardization-KD names that kdlab reads as another registered method.
 ALIASES = {"KD_ours": "MLKD"}
-# Methods of the reference code that configs may name but kdlab does not implement yet.
-NOT_YET_IMPLEMENTED = ()
-# Names the reference configs use that kdlab refuses at load time, and why (one line each).
-REFUSED: dict[str, str] = {}
 
 
 def resolve_method(name: str) -> str:
@@ -28,18 +24,11 @@ def resolve_method(name: str) -> str:
 
 
 def known_methods() -> list[str]:
-    return sorted(set(DISTILLERS.names()) | set(ALIASES) | set(NOT_YET_IMPLEMENTED))
+    return sorted(set(DISTILLERS.names()) | set(ALIASES))
 
 
 def get_distiller_class(name: str) -> type[Distiller]:
     name = resolve_method(name)
-    if name in REFUSED:
-        raise UnknownNameError(f"DISTILLER.TYPE {name!r} {REFUSED[name]}")
-    if name not in DISTILLERS and name in NOT_YET_IMPLEMENTED:
-        raise UnknownNameError(
-            f"DISTILLER.TYPE {name!r} is a method of mdistiller that kdlab does not implement yet "
-            f"(implemented: {', '.join(DISTILLERS.names())})"
-        )
     return DISTILLERS.get(name)
 
 
@@ -105,5 +94,5 @@ def build_distiller(
     return cls.from_config(cfg, student, teacher, facts)
 
 
-hooks.register_names("DISTILLER.TYPE", known_methods, not_yet=REFUSED)
+hooks.register_names("DISTILLER.TYPE", known_methods)
 hooks.register_methods(find_distiller_class, DISTILLERS.names)

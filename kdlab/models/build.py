@@ -17,9 +17,6 @@ from kdlab.config import hooks
 from kdlab.registry import Registry
 
 MODELS = Registry("model")
-# Model names of the reference code that configs may name but kdlab does not build yet.
-MODELS_NOT_YET_IMPLEMENTED: tuple[str, ...] = ()
-
 # The reference code's ImageNet model names (used by its imagenet YAML files) -> kdlab names.
 # "MobileNetV2" is logit-standardization-KD's name for mdistiller's MobileNetV1 layout (its r50_mv2
 # files are written for that network; see kdlab/models/imagenet/mobilenetv1.py); torchvision's
@@ -40,9 +37,7 @@ DATASET_ALIASES = {
     "tiny_imagenet": TINY_IMAGENET_ALIASES,
 }
 for _key in ("DISTILLER.STUDENT", "DISTILLER.TEACHER"):
-    hooks.register_names(_key, MODELS.names, tuple(IMAGENET_ALIASES), not_yet={
-        name: "(a model of the reference code) is not implemented yet in kdlab; for ImageNet pairs use "
-        "resnet18/34/50/101 or MobileNetV2" for name in MODELS_NOT_YET_IMPLEMENTED})
+    hooks.register_names(_key, MODELS.names, tuple(IMAGENET_ALIASES))
 
 
 def resolve_model_name(name: str, dataset_type: str = "") -> str:
