@@ -49,11 +49,11 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from kdlab import distributed as dist_utils
 from kdlab.data.sampling import mix_seed
 from kdlab.distillers.base import Distiller, cross_entropy
 from kdlab.distillers.build import DISTILLERS
 from kdlab.distillers.connectors import probe_features
-from kdlab.engine import distributed as dist_utils
 from kdlab.errors import ConfigError
 
 log = logging.getLogger("kdlab")

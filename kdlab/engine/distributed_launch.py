@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 from yacs.config import CfgNode
 
-from kdlab.engine.distributed import env_world_size, is_distributed
+from kdlab.distributed import env_world_size, is_distributed
 
 
 def maybe_init_distributed(cfg: CfgNode) -> bool:

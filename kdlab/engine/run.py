@@ -14,10 +14,10 @@ from typing import Optional
 import yaml
 from yacs.config import CfgNode
 
+from kdlab import distributed as dist_utils
 from kdlab.config import flatten, get_cfg, hooks
 from kdlab.config import run_dir as configured_run_dir
 from kdlab.data import build_dataloaders
-from kdlab.engine import distributed as dist_utils
 from kdlab.engine import precision
 from kdlab.engine.builder import build_everything, select_device
 from kdlab.engine.checkpoint import load_training_state

@@ -22,8 +22,8 @@ import torch
 import torch.nn as nn
 from yacs.config import CfgNode
 
+from kdlab import distributed as dist_utils
 from kdlab.data.sampling import mix_seed
-from kdlab.engine import distributed as dist_utils
 from kdlab.engine import dot
 from kdlab.engine.checkpoint import FORMAT, FORMAT_VERSION, atomic_save
 from kdlab.engine.loggers import RunLogger

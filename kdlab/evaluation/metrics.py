@@ -18,9 +18,7 @@ from kdlab.constants import IGNORE_INDEX
 
 
 def _sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
-    """Sum a tensor over the ranks of the process group, if one is set up (torchrun); else leave it.
-
-    torch.distributed directly, not kdlab.engine.distributed: evaluation does not import the engine."""
+    """Sum a tensor over the ranks of the process group, if one is set up (torchrun); else leave it."""
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
