@@ -69,7 +69,7 @@ class ConnectorConvBN(nn.Module):
 
 def ofd_margin(bn: nn.BatchNorm2d) -> torch.Tensor:
     """Per-channel E[x | x < 0] of N(beta, |gamma|^2) (-3|gamma| where P(x < 0) <= 0.001), float32, 1 x C x 1 x 1."""
-    from scipy.stats import norm  # scipy comes with scikit-learn; imported here, when OFD is built
+    from scipy.stats import norm  # imported here, when OFD is built
 
     margin = []
     for s, m in zip(bn.weight.detach().cpu().tolist(), bn.bias.detach().cpu().tolist()):
