@@ -131,7 +131,14 @@ def test_the_builder_says_which_network_a_reference_name_builds(caplog):
 
     cfg = load_cfg(None, ["DATASET.TYPE", "imagenet", "DISTILLER.STUDENT", "MobileNetV2"])
     splits = DatasetSplits(train=[], val=[], num_classes=10, class_names=[], input_size=(224, 224))
-    with caplog.at_level("INFO", logger="kdlab"):
-        model = build_student(cfg, splits)
+    import logging
+
+    kdlab_log = logging.getLogger("kdlab")  # after a run's setup_logging it does not propagate to caplog's root
+    kdlab_log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("INFO", logger="kdlab"):
+            model = build_student(cfg, splits)
+    finally:
+        kdlab_log.removeHandler(caplog.handler)
     assert type(model).__name__ == "MobileNetV1" and model.fc.out_features == 10
     assert "DISTILLER.STUDENT MobileNetV2 on imagenet builds kdlab's MobileNetV1" in caplog.text

@@ -196,8 +196,8 @@ class VOCSegmentationDataset(Dataset):
 def build_voc(cfg, two_views: bool = False) -> DatasetSplits:
     if two_views:
         raise ConfigError(
-            "DATASET.TYPE voc: two-view methods (MLKD, SOLVER.TRAINER aug/ours) are classification-only; "
-            "use NONE, KD or FEATKD for segmentation"
+            f"DATASET.TYPE voc: DISTILLER.TYPE {cfg.DISTILLER.TYPE!r} takes two views per image (as MLKD), "
+            "which is classification-only; use NONE, KD or FEATKD for segmentation"
         )
     paths = locate_voc(cfg.DATASET.ROOT, cfg.DATASET.DOWNLOAD)
     size = cfg.DATASET.IMAGE_SIZE or DEFAULT_IMAGE_SIZE
