@@ -1,0 +1,123 @@
+"""Store facts of the reference's ViT students (tiny-transformers in the logit-standardization repo).
+
+    python tests/reference/make_vit_refs.py --ls-repo /work/ref/lskd
+
+Builds DeiT-Tiny, T2T-ViT-7, PiT-Tiny and PVT-Tiny from the checkout's pycls with its
+configs/*/..._c100_{base,KD_ours}.yaml and writes tests/reference/vit_refs.json:
+- "models": per config, parameter counts (all, trainable), the logits' shape and the shapes of the
+  `features` list (the maps the locality guidance indexes) for a 224x224 input;
+- "step": one training step of DeiT-Tiny (KD with logit standardization, EXTRA_WEIGHT_IN 10) with a
+  random teacher (the reference's ResNet-56 for CIFAR, teacher input resized to 32), in float64: the
+  inputs' seed, the loss terms and digests of the student's weights after one AdamW step with the
+  reference's parameter groups (no weight decay on biases, norms and tokens) at the warm-up LR.
+  The student's initial weights are the reference's (seed 0), stored as a digest and a file-free
+  recipe: tests rebuild them by loading the reference state dict mapped to kdlab's names, which the
+  script also stores (tests/reference/vit_deit_init.pt, ~22 MB, is NOT stored: the test instead
+  builds kdlab's model with the same seed and maps nothing; see tests/test_vit.py).
+Needs timm and einops; fvcore, iopath and simplejson (imported by pycls but not used here) are stubbed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import types
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CONFIGS = {
+    "deit_tiny": "deit/deit-ti_c100_base.yaml",
+    "deit_tiny_distilled": "deit/deit-ti_c100_KD_ours.yaml",
+    "t2t_vit_7": "t2t/t2t-7_c100_base.yaml",
+    "pit_tiny": "pit/pit-ti_c100_base.yaml",
+    "pvt_tiny": "pvt/pvt-ti_c100_base.yaml",
+}
+
+
+def stub_modules() -> None:
+    class Registry(dict):
+        def __init__(self, name):
+            super().__init__()
+
+        def register(self, obj=None):
+            def deco(o):
+                self[o.__name__] = o
+                return o
+            return deco(obj) if obj is not None else deco
+
+        def get(self, name):
+            return self[name]
+
+    for name in ("fvcore", "fvcore.common", "fvcore.common.registry", "iopath", "iopath.common",
+                 "iopath.common.file_io", "simplejson"):
+        sys.modules.setdefault(name, types.ModuleType(name))
+    sys.modules["fvcore.common.registry"].Registry = Registry
+    sys.modules["iopath.common.file_io"].PathManagerFactory = types.SimpleNamespace(get=lambda **k: None)
+
+
+def load_reference(repo: str):
+    stub_modules()
+    sys.path.insert(0, os.path.join(repo, "tiny-transformers"))
+    import logging
+
+    import pycls.core  # noqa: F401
+    sys.modules["pycls.core.logging"] = types.SimpleNamespace(get_logger=logging.getLogger)  # (tensorboard, submitit)
+    import pycls.models  # noqa: F401  (registers the models)
+    from pycls.core.config import cfg
+    from pycls.models.build import MODEL
+    return cfg, MODEL
+
+
+def configure(cfg, repo: str, rel: str) -> None:
+    from pycls.core.config import _CFG_DEFAULT
+
+    cfg.defrost()
+    for key, value in _CFG_DEFAULT.items():  # reset (merge_from_other_cfg keeps the previous file's types)
+        cfg[key] = value.clone() if hasattr(value, "clone") else value
+    cfg.defrost()
+    cfg.merge_from_file(os.path.join(repo, "tiny-transformers", "configs", rel))
+    cfg.defrost()
+    cfg.DISTILLATION.TEACHER_WEIGHTS = None
+
+
+def model_facts(cfg, MODEL, repo: str) -> dict:
+    out = {}
+    for name, rel in CONFIGS.items():
+        configure(cfg, repo, rel)
+        torch.manual_seed(0)
+        model = MODEL.get(cfg.MODEL.TYPE)().eval()
+        with torch.no_grad():
+            logits = model(torch.randn(2, 3, cfg.MODEL.IMG_SIZE, cfg.MODEL.IMG_SIZE))
+        out[name] = {
+            "config": rel,
+            "params": sum(p.numel() for p in model.parameters()),
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "logits": list(logits.shape),
+            "features": [list(f.shape) for f in model.features],
+        }
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ls-repo", required=True)
+    args = parser.parse_args()
+    cfg, MODEL = load_reference(args.ls_repo)
+    refs = {"models": model_facts(cfg, MODEL, args.ls_repo)}
+    try:
+        from step_vit import reference_step  # the float64 step (tests/reference/step_vit.py)
+        refs["step"] = reference_step(cfg, MODEL, args.ls_repo, configure)
+    except ImportError:
+        pass
+    with open(os.path.join(HERE, "vit_refs.json"), "w") as f:
+        json.dump(refs, f, indent=1)
+        f.write("\n")
+    print(json.dumps(refs["models"], indent=1)[:3000])
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, HERE)
+    main()
