@@ -67,7 +67,7 @@ class LG(Distiller):
     group = "LG"
     dataset_facts = ("input_size",)
 
-    def __init__(self, student, teacher, node, logit_stand: bool, input_size) -> None:
+    def __init__(self, student, teacher, node, logit_stand: bool, input_size, in_channels: int = 3) -> None:
         super().__init__(student, teacher)
         self.node, self.logit_stand = node, logit_stand
         self.teacher_size = int(node.TEACHER_IMG_SIZE)
@@ -79,22 +79,24 @@ class LG(Distiller):
             raise ConfigError(f"LG.INTER_STUDENT_INDEX {list(node.INTER_STUDENT_INDEX)} and LG.INTER_TEACHER_INDEX "
                               f"{list(node.INTER_TEACHER_INDEX)} must have the same length")
         if node.ENABLE_INTER and node.INTER_TRANSFORM == "linear":
-            dims_s, dims_t = self._probe(input_size)
+            dims_s, dims_t = self._probe(input_size, in_channels)
             self.feature_transforms = nn.ModuleList(
                 nn.Conv2d(dims_s[i], dims_t[j], 1) for i, j in zip(node.INTER_STUDENT_INDEX, node.INTER_TEACHER_INDEX))
 
     @torch.no_grad()
-    def _probe(self, input_size):
+    def _probe(self, input_size, in_channels):
+        """The maps' channel counts, from a zero batch through both models."""
         was_training = self.student.training
         self.student.eval()
-        _, feats_s = self.student(torch.zeros(1, 3, *input_size))
+        _, feats_s = self.student(torch.zeros(1, in_channels, *input_size))
         self.student.train(was_training)
-        _, feats_t = self.teacher(torch.zeros(1, 3, self.teacher_size, self.teacher_size))
+        _, feats_t = self.teacher(torch.zeros(1, in_channels, self.teacher_size, self.teacher_size))
         dims_s, dims_t = [f.shape[1] for f in feats_s["feats"]], [f.shape[1] for f in feats_t["feats"][1:]]
         for key, index, dims in (("INTER_STUDENT_INDEX", self.node.INTER_STUDENT_INDEX, dims_s),
                                  ("INTER_TEACHER_INDEX", self.node.INTER_TEACHER_INDEX, dims_t)):
             if any(not 0 <= i < len(dims) for i in index):
-                raise ConfigError(f"LG.{key} {list(index)}: the model has {len(dims)} maps (indices 0..{len(dims) - 1})")
+                raise ConfigError(f"LG.{key} {list(index)}: the model has {len(dims)} maps "
+                                  f"(indices 0..{len(dims) - 1})")
         return dims_s, dims_t
 
     @classmethod
@@ -105,7 +107,7 @@ class LG(Distiller):
 
     @classmethod
     def from_config(cls, cfg, student, teacher, facts):
-        return cls(student, teacher, cfg.LG, cfg.EXPERIMENT.LOGIT_STAND, facts.input_size)
+        return cls(student, teacher, cfg.LG, cfg.EXPERIMENT.LOGIT_STAND, facts.input_size, facts.in_channels or 3)
 
     def teacher_input(self, image: torch.Tensor) -> torch.Tensor:
         if image.shape[-2:] == (self.teacher_size, self.teacher_size):
