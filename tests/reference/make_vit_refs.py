@@ -6,14 +6,10 @@ Builds DeiT-Tiny, T2T-ViT-7, PiT-Tiny and PVT-Tiny from the checkout's pycls wit
 configs/*/..._c100_{base,KD_ours}.yaml and writes tests/reference/vit_refs.json:
 - "models": per config, parameter counts (all, trainable), the logits' shape and the shapes of the
   `features` list (the maps the locality guidance indexes) for a 224x224 input;
-- "step": one training step of DeiT-Tiny (KD with logit standardization, EXTRA_WEIGHT_IN 10) with a
-  random teacher (the reference's ResNet-56 for CIFAR, teacher input resized to 32), in float64: the
-  inputs' seed, the loss terms and digests of the student's weights after one AdamW step with the
-  reference's parameter groups (no weight decay on biases, norms and tokens) at the warm-up LR.
-  The student's initial weights are the reference's (seed 0), stored as a digest and a file-free
-  recipe: tests rebuild them by loading the reference state dict mapped to kdlab's names, which the
-  script also stores (tests/reference/vit_deit_init.pt, ~22 MB, is NOT stored: the test instead
-  builds kdlab's model with the same seed and maps nothing; see tests/test_vit.py).
+- "step": three float64 training iterations of the reference's trainer (train_epoch's loss: 0.5 * CE +
+  LOGIT_WEIGHT * KD, logit standardization, EXTRA_WEIGHT_IN 10, its AdamW groups) for DeiT-Tiny with the
+  distillation token at 48 px and a linear teacher fed 32 px (tests/reference/vit_step.py: initial weights by
+  a recipe keyed by kdlab's parameter names, the batches): the losses per step and digests of the weights.
 Needs timm and einops; fvcore, iopath and simplejson (imported by pycls but not used here) are stubbed.
 """
 
@@ -65,6 +61,7 @@ def load_reference(repo: str):
 
     import pycls.core  # noqa: F401
     sys.modules["pycls.core.logging"] = types.SimpleNamespace(get_logger=logging.getLogger)  # (tensorboard, submitit)
+    sys.modules["pycls.core.distributed"] = types.SimpleNamespace()  # (submitit; not used by the parts run here)
     import pycls.models  # noqa: F401  (registers the models)
     from pycls.core.config import cfg
     from pycls.models.build import MODEL
@@ -101,17 +98,47 @@ def model_facts(cfg, MODEL, repo: str) -> dict:
     return out
 
 
+def reference_step(cfg, MODEL, repo: str) -> dict:
+    """STEPS training iterations of the reference's trainer.train_epoch for DeiT-Tiny KD+LS, in float64."""
+    import vit_step as V
+    from pycls.core.net import SoftCrossEntropyLoss, smooth_one_hot_labels
+    from pycls.core.optimizer import construct_optimizer, construct_scheduler
+    from pycls.models.distill import DistillationWrapper
+
+    configure(cfg, repo, CONFIGS["deit_tiny_distilled"])
+    cfg.MODEL.IMG_SIZE = V.STUDENT_SIZE
+    cfg.DISTILLATION.TEACHER_IMG_SIZE = V.TEACHER_SIZE
+    cfg.TRANSFORMER.DROP_PATH_RATE = 0.0  # random; off on both sides
+    cfg.OPTIM.WARMUP_EPOCHS = 0  # the first epoch at BASE_LR (the warm-up's 5e-7 would hide the update)
+    torch.manual_seed(0)
+    student = MODEL.get(cfg.MODEL.TYPE)()
+    V.set_initial_weights(student, V.reference_to_kdlab)
+    model = DistillationWrapper(student, V.LinearTeacher()).double().train()
+    optimizer = construct_optimizer(model)
+    construct_scheduler(optimizer)  # sets the epoch-0 LR
+    loss_fun, steps = SoftCrossEntropyLoss(), []
+    for step in range(V.STEPS):
+        inputs, labels = V.batch(step)
+        preds = model(inputs)
+        loss_cls = loss_fun(preds, smooth_one_hot_labels(labels).double())
+        _, loss_logit = model.guidance_loss(inputs, [])
+        loss_cls, loss_logit = loss_cls * 0.5, loss_logit * cfg.DISTILLATION.LOGIT_WEIGHT
+        loss = loss_cls + loss_logit
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        steps.append({"loss_ce": loss_cls.item(), "loss_kd": loss_logit.item(), "lr": optimizer.param_groups[0]["lr"]})
+    return {"config": CONFIGS["deit_tiny_distilled"], "steps": steps,
+            "weights": V.digests(student, V.reference_to_kdlab)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--ls-repo", required=True)
     args = parser.parse_args()
     cfg, MODEL = load_reference(args.ls_repo)
     refs = {"models": model_facts(cfg, MODEL, args.ls_repo)}
-    try:
-        from step_vit import reference_step  # the float64 step (tests/reference/step_vit.py)
-        refs["step"] = reference_step(cfg, MODEL, args.ls_repo, configure)
-    except ImportError:
-        pass
+    refs["step"] = reference_step(cfg, MODEL, args.ls_repo)
     with open(os.path.join(HERE, "vit_refs.json"), "w") as f:
         json.dump(refs, f, indent=1)
         f.write("\n")
