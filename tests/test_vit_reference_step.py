@@ -1,7 +1,8 @@
 """Three float64 training steps of DeiT-Tiny KD + logit standardization (configs/cifar100/vit/deit_tiny_kd_ls.yaml,
 student at 48 px, teacher fed 32 px) equal those of the LS repo's tiny-transformers trainer: the losses of each
-step and the weights after the last, with the reference's AdamW parameter groups (stored by tests/reference/make_vit_refs.py; shared setup in
-tests/reference/vit_step.py: weights by recipe, a linear teacher, the batches)."""
+step and the weights after the last, with the reference's AdamW parameter groups. Stored by
+tests/reference/make_vit_refs.py; the shared setup (weights by recipe, a linear teacher, the batches) is
+tests/reference/vit_step.py."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import os
 import sys
 
 import pytest
-import torch
 from conftest import REPO
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "reference"))
