@@ -58,3 +58,25 @@ def test_vit_builds_at_another_size_and_trains(name):
     assert logits.shape == (2, 10)
     logits.logsumexp(1).sum().backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("key", sorted(BUILDS))
+def test_vit_forward_equals_the_reference_in_float64(key):
+    """Same weights (tests/reference/vit_step.py's recipe, by kdlab name) -> the reference's logits and block maps."""
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "reference"))
+    import vit_step as V
+
+    ref = REFS["forward"][key]
+    name, kwargs = BUILDS[key]
+    model = build_model(name, num_classes=100, img_size=ref["size"], **kwargs).double().eval()
+    V.set_initial_weights(model)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, ref["size"], ref["size"], generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        logits, feats = model(x)
+    torch.testing.assert_close(logits, torch.tensor(ref["logits"], dtype=torch.float64), rtol=1e-10, atol=1e-12)
+    for f, (total, squares) in zip(feats["feats"], ref["features"], strict=True):
+        assert f.sum().item() == pytest.approx(total, rel=1e-9, abs=1e-9)
+        assert f.pow(2).sum().item() == pytest.approx(squares, rel=1e-10)

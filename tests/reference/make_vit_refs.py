@@ -98,6 +98,50 @@ def model_facts(cfg, MODEL, repo: str) -> dict:
     return out
 
 
+def patch_performer_dtype() -> None:
+    """The reference's Performer casts to float32 (x.float()), which fails in float64: cast to the dtype of its
+    fixed projection w instead, as kdlab's port does (the same under AMP)."""
+    import math
+
+    from pycls.models.transformers import t2t_vit as T
+
+    def prm_exp(self, x):
+        xd = ((x * x).sum(dim=-1, keepdim=True)).repeat(1, 1, self.m) / 2
+        wtx = torch.einsum("bti,mi->btm", x.to(self.w.dtype), self.w)
+        return torch.exp(wtx - xd) / math.sqrt(self.m)
+
+    def forward(self, x):
+        k, q, v = torch.split(self.qkv_transform(x), self.head_channels, dim=-1)
+        kp, qp = self.prm_exp(k), self.prm_exp(q)
+        D = torch.einsum("bti,bi->bt", qp, kp.sum(dim=1)).unsqueeze(dim=2)
+        kptv = torch.einsum("bin,bim->bnm", v.to(kp.dtype), kp)
+        y = torch.einsum("bti,bni->btn", qp, kptv) / (D.repeat(1, 1, self.head_channels) + 1e-8)
+        y = self.dropout(self.projection(y))
+        return v + y if self.in_channels != self.out_channels else y
+
+    T.PerformerAttention.prm_exp, T.PerformerAttention.forward = prm_exp, forward
+
+
+def forward_facts(cfg, MODEL, repo: str) -> dict:
+    """Each student in float64, eval mode, weights by vit_step's recipe: logits and feature-map digests."""
+    import vit_step as V
+
+    patch_performer_dtype()
+    out = {}
+    for name, rel in CONFIGS.items():
+        configure(cfg, repo, rel)
+        cfg.MODEL.IMG_SIZE = V.FORWARD_SIZES[name]
+        model = MODEL.get(cfg.MODEL.TYPE)().double().eval()
+        V.set_initial_weights(model, V.reference_to_kdlab)
+        g = torch.Generator().manual_seed(5)
+        x = torch.randn(2, 3, cfg.MODEL.IMG_SIZE, cfg.MODEL.IMG_SIZE, generator=g, dtype=torch.float64)
+        with torch.no_grad():
+            logits = model(x)
+        out[name] = {"size": cfg.MODEL.IMG_SIZE, "logits": logits.tolist(),
+                     "features": [[f.sum().item(), f.pow(2).sum().item()] for f in model.features]}
+    return out
+
+
 def reference_step(cfg, MODEL, repo: str) -> dict:
     """STEPS training iterations of the reference's trainer.train_epoch for DeiT-Tiny KD+LS, in float64."""
     import vit_step as V
@@ -138,6 +182,7 @@ def main() -> None:
     args = parser.parse_args()
     cfg, MODEL = load_reference(args.ls_repo)
     refs = {"models": model_facts(cfg, MODEL, args.ls_repo)}
+    refs["forward"] = forward_facts(cfg, MODEL, args.ls_repo)
     refs["step"] = reference_step(cfg, MODEL, args.ls_repo)
     with open(os.path.join(HERE, "vit_refs.json"), "w") as f:
         json.dump(refs, f, indent=1)

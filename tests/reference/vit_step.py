@@ -15,8 +15,15 @@ import torch.nn as nn
 STUDENT_SIZE, TEACHER_SIZE, BATCH, CLASSES, STEPS = 48, 32, 4, 100, 3
 
 
+FORWARD_SIZES = {"deit_tiny": 48, "deit_tiny_distilled": 48, "t2t_vit_7": 64, "pit_tiny": 64, "pvt_tiny": 64}
+
+
 def reference_to_kdlab(name: str) -> str:
-    """The reference DeiT's parameter name -> timm's (kdlab's deit_tiny)."""
+    """A reference student's parameter name -> kdlab's (timm's for DeiT and PiT; T2T and PVT keep the reference's
+    names apart from the transformer blocks, which are timm's)."""
+    pool = re.match(r"^pools\.(\d+)\.(.*)$", name)
+    if pool:  # PiT: timm holds the pooling of stage s+1 in that stage
+        return f"transformers.{int(pool.group(1)) + 1}.pool.{pool.group(2)}"
     rules = [(r"^layers\.", "blocks."), (r"attn\.qkv_transform\.", "attn.qkv."), (r"attn\.projection\.", "attn.proj."),
              (r"^patch_embed\.projection\.", "patch_embed.proj."), (r"^distill_token$", "dist_token"),
              (r"^distill_head\.", "head_dist.")]
@@ -35,6 +42,8 @@ def initial_value(kdlab_name: str, shape) -> torch.Tensor:
 @torch.no_grad()
 def set_initial_weights(model: nn.Module, to_kdlab=lambda n: n) -> None:
     for name, p in model.named_parameters():
+        if name == "pos_embed" and not p.requires_grad:  # T2T-ViT's fixed sinusoidal table: compared as built
+            continue
         p.copy_(initial_value(to_kdlab(name), p.shape))
 
 

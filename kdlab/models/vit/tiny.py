@@ -12,13 +12,18 @@ Registered names and their reference configs (img_size 224 unless `img_size` is 
   sets it (timm spreads it linearly to `rate` itself); set after building.
 - `t2t_vit_7`: not in timm; ported from the reference (tokens-to-token module with two Performer layers,
   token width 64, kernels 7/3/3, strides 4/2/2, then 7 timm Blocks of width 256, 4 heads, MLP ratio 2,
-  no qkv bias, fixed sinusoidal position embedding). The reference's Performer casts its input to
+  no qkv bias, fixed sinusoidal position embedding). The tokens-to-token module keeps the reference's
+  parameter names but for its attention's qkv / proj (the reference's qkv_transform / projection); the
+  blocks are timm's (blocks.i, the reference's layers.i). The reference's Performer casts its input to
   float32 (`x.float()`) before the random-feature map; here it is cast to the dtype of the fixed
   projection `w` instead: the same under AMP, and float64 stays float64.
 - `pvt_tiny`: PVT v1 is not in timm (only PVT v2, whose overlapping patch embedding and convolutional MLP
   differ); ported from the reference (patch sizes 4/2/2/2, widths 64/128/320/512, 2 blocks per stage,
   heads 1/2/5/8, MLP ratios 8/8/4/4, spatial-reduction ratios 8/4/2/1, a class token in the last stage)
   with timm's Mlp and DropPath. Its parameter names are the reference's.
+
+Given the same weights, each gives the reference's logits and block maps in float64 (tests/test_vit.py; the
+name mapping from the reference's state dicts is tests/reference/vit_step.py's reference_to_kdlab).
 
 forward(x) returns (logits, feats): feats["feats"] (and "preact_feats", the same list) holds the patch
 tokens of every transformer block as (N, C, h, w) maps, the reference's `features` that its locality
@@ -129,11 +134,11 @@ def pit_tiny(num_classes: int = 100, img_size: int = 224, drop_path_rate: float 
 class PerformerAttention(nn.Module):
     """The reference's (T2T-ViT's) Performer attention with random features; one head, in -> out width."""
 
-    def __init__(self, in_channels: int, out_channels: int, drop_rate: float = 0.1, kernel_ratio: float = 0.5):
+    def __init__(self, in_channels: int, out_channels: int, drop_rate: float = 0.0, kernel_ratio: float = 0.5):
         super().__init__()
         self.out_channels = out_channels
-        self.qkv_transform = nn.Linear(in_channels, out_channels * 3)
-        self.projection = nn.Linear(out_channels, out_channels)
+        self.qkv = nn.Linear(in_channels, out_channels * 3)
+        self.proj = nn.Linear(out_channels, out_channels)
         self.dropout = nn.Dropout(drop_rate)
         self.m = int(out_channels * kernel_ratio)
         w = nn.init.orthogonal_(torch.randn(self.m, out_channels)) * math.sqrt(self.m)
@@ -145,12 +150,12 @@ class PerformerAttention(nn.Module):
         return torch.exp(wtx - xd) / math.sqrt(self.m)
 
     def forward(self, x):
-        k, q, v = torch.split(self.qkv_transform(x), self.out_channels, dim=-1)
+        k, q, v = torch.split(self.qkv(x), self.out_channels, dim=-1)
         kp, qp = self.prm_exp(k), self.prm_exp(q)
         d = torch.einsum("bti,bi->bt", qp, kp.sum(dim=1)).unsqueeze(dim=2)
         kptv = torch.einsum("bin,bim->bnm", v.to(kp.dtype), kp)
         y = torch.einsum("bti,bni->btn", qp, kptv) / (d.repeat(1, 1, self.out_channels) + 1e-8)
-        return v + self.dropout(self.projection(y))
+        return v + self.dropout(self.proj(y))
 
 
 class PerformerLayer(nn.Module):
@@ -159,7 +164,7 @@ class PerformerLayer(nn.Module):
         self.norm1 = LayerNorm(in_channels)
         self.attn = PerformerAttention(in_channels, out_channels)
         self.norm2 = LayerNorm(out_channels)
-        self.mlp = Mlp(out_channels, out_channels, out_channels, drop=0.1)
+        self.mlp = Mlp(out_channels, out_channels, out_channels)  # no dropout, as the reference's T2T layers
 
     def forward(self, x):
         x = self.attn(self.norm1(x))
