@@ -55,7 +55,7 @@ def test_two_view_trainer_with_a_one_view_method_is_refused():
     assert load_cfg(None, ["SOLVER.TRAINER", "ours", "DISTILLER.TYPE", "MLKD"]).SOLVER.TRAINER == "ours"
 
 
-@pytest.mark.parametrize("dataset, native", [("digits", 8)])  # CIFAR resizes for ViT students (test_vit.py)
+@pytest.mark.parametrize("dataset, native", [("cifar10", 32), ("cifar100", 32), ("digits", 8)])
 def test_image_size_a_dataset_would_ignore_is_refused(dataset, native):
     for size in (0, native):
         assert load_cfg(None, ["DATASET.TYPE", dataset, "DATASET.IMAGE_SIZE", str(size)]).DATASET.IMAGE_SIZE == size

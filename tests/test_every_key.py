@@ -44,6 +44,7 @@ CONTEXT = {"SOLVER.MIN_LR": {"SOLVER.SCHEDULER": "cosine", "SOLVER.WARMUP_EPOCHS
            **{f"LG.{k}": {"LG.ENABLE_INTER": True} for k in ("INTER_TRANSFORM", "INTER_TEACHER_INDEX",
                                                              "INTER_STUDENT_INDEX", "INTER_WEIGHT")}}
 REFUSED_AT_LOAD = {"DATASET.IMAGE_SIZE",  # digits images are 8x8 and never resized
+                   "DATASET.PIPELINE",  # tiny_transformers is CIFAR's (test_lg.py builds it)
                    "SOLVER.AMP_DTYPE",  # float16 autocast needs CUDA
                    "SOLVER.TRAINER"}  # aug/ours feed two views, which KD does not take (MLKD takes them anyway)
 REFERENCE_METHODS = [g for g in REFERENCE_ONLY if "." not in g]
@@ -238,7 +239,8 @@ def _value(key: str, current, ckpts: dict):
     """A value other than `current` that is valid on digits; extra opts it needs."""
     special = {
         "EXPERIMENT.NAME": "renamed", "EXPERIMENT.TAG": "retagged", "EXPERIMENT.PROJECT": "elsewhere",
-        "DATASET.IMAGE_SIZE": 16, "DISTILLER.TYPE": "DKD", "DISTILLER.STUDENT": "digits_teacher",
+        "DATASET.IMAGE_SIZE": 16, "DATASET.PIPELINE": "tiny_transformers",
+        "DISTILLER.TYPE": "DKD", "DISTILLER.STUDENT": "digits_teacher",
         "DISTILLER.TEACHER": ("digits_student", {"DISTILLER.TEACHER_CKPT": ckpts["student"]}),
         "DISTILLER.TEACHER_CKPT": ckpts["teacher2"], "DISTILLER.STUDENT_PRETRAINED": ckpts["student"],
         "SOLVER.TRAINER": "aug", "SOLVER.TYPE": "Adam", "SOLVER.SCHEDULER": "cosine", "SOLVER.LR_DECAY_STAGES": [],

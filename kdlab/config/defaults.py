@@ -33,6 +33,9 @@ _C.DATASET.NUM_WORKERS = 2  # DataLoader worker processes (0 = load in the main 
 _C.DATASET.VARIANT = ""  # imagenette: imagenette2 | imagenette2-320 | imagenette2-160
 _C.DATASET.IMAGE_SIZE = 0  # training resolution; 0 = the dataset's default
 _C.DATASET.AUGMENT = True  # training augmentation on/off
+# "" = the dataset's own transforms | tiny_transformers (CIFAR): the LS repo's ViT pipeline, resized to
+# IMAGE_SIZE (0 = 32), timm's strong augmentation (RandAugment, random erasing), ImageNet mean/std
+_C.DATASET.PIPELINE = ""
 _C.DATASET.GPU_AUGMENT = True  # in-memory datasets: augment whole batches on the device
 _C.DATASET.TEST = CN()
 _C.DATASET.TEST.BATCH_SIZE = 64  # evaluation batch size

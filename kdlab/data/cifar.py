@@ -11,10 +11,10 @@ With DATASET.DOWNLOAD True, missing files are fetched with torchvision's downloa
 checks their md5) and then read the same way.
 
 Transforms are mdistiller's: train RandomCrop(32, padding=4) + RandomHorizontalFlip +
-normalize; test normalize only. DATASET.IMAGE_SIZE other than 0 or 32 selects the pipeline of the
-logit-standardization repo's tiny-transformers for ViT students instead (kdlab.data.transforms.
-vit_train_transform / vit_val_transform: images resized to that size, timm's strong augmentation, ImageNet
-mean/std, per sample). With DATASET.GPU_AUGMENT True (and one view) the items are
+normalize; test normalize only, at 32x32. DATASET.PIPELINE tiny_transformers selects instead the pipeline of
+the logit-standardization repo's tiny-transformers (for its ViT students and its CNN teacher;
+kdlab.data.transforms.vit_train_transform / vit_val_transform: images resized to DATASET.IMAGE_SIZE,
+timm's strong augmentation, ImageNet mean/std, per sample). With DATASET.GPU_AUGMENT True (and one view) the items are
 the raw uint8 (3, 32, 32) tensors and `DatasetSplits.train_batch_transform` /
 `val_batch_transform` (kdlab.data.batch_augment) augment and normalize whole batches on the
 training device; otherwise (or for two views: (weak, strong) per sample) items are float,
@@ -204,11 +204,11 @@ def build_cifar(cfg, name: str, two_views: bool = False) -> DatasetSplits:
     x_tr, y_tr, x_te, y_te, names = load_cifar(root, name, cfg.DATASET.DOWNLOAD)
     mean, std, augment = layout.mean, layout.std, cfg.DATASET.AUGMENT
     size = cfg.DATASET.IMAGE_SIZE or 32
-    resized = size != 32
-    if resized and two_views:
-        raise ConfigError(f"DATASET.IMAGE_SIZE {size}: two-view methods train CIFAR at 32x32 only; set it to 0")
-    on_device = cfg.DATASET.GPU_AUGMENT and not two_views and not resized
-    if resized:  # tiny-transformers' ViT pipeline (per sample, on the CPU workers)
+    vit = cfg.DATASET.PIPELINE == "tiny_transformers"
+    if vit and two_views:
+        raise ConfigError("DATASET.PIPELINE tiny_transformers: two-view methods take CIFAR's own pipeline; set it to ''")
+    on_device = cfg.DATASET.GPU_AUGMENT and not two_views and not vit
+    if vit:  # tiny-transformers' ViT pipeline (per sample, on the CPU workers)
         train_tf, val_tf, train_batch, val_batch = vit_train_transform(size, augment), vit_val_transform(size), None, None
     elif on_device:
         train_tf = val_tf = None
@@ -245,5 +245,10 @@ def build_cifar10(cfg, two_views: bool = False) -> DatasetSplits:
 @DATASETS.register("cifar100")
 def build_cifar100(cfg, two_views: bool = False) -> DatasetSplits:
     return build_cifar(cfg, "cifar100", two_views)
+
+
+# DATASET.IMAGE_SIZE must be 0 or 32 (checked at load time), unless DATASET.PIPELINE is tiny_transformers.
+build_cifar10.fixed_image_size = build_cifar100.fixed_image_size = 32
+build_cifar10.resizing_pipelines = build_cifar100.resizing_pipelines = ("tiny_transformers",)
 
 
