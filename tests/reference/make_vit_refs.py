@@ -9,7 +9,11 @@ configs/*/..._c100_{base,KD_ours}.yaml and writes tests/reference/vit_refs.json:
 - "step": three float64 training iterations of the reference's trainer (train_epoch's loss: 0.5 * CE +
   LOGIT_WEIGHT * KD, logit standardization, EXTRA_WEIGHT_IN 10, its AdamW groups) for DeiT-Tiny with the
   distillation token at 48 px and a linear teacher fed 32 px (tests/reference/vit_step.py: initial weights by
-  a recipe keyed by kdlab's parameter names, the batches): the losses per step and digests of the weights.
+  a recipe keyed by kdlab's parameter names, the batches): the losses per step and digests of the weights;
+- "lg_step": the same for the locality guidance (configs/deit/deit-ti_c100_ours.yaml, ENABLE_INTER) with a
+  three-stage conv teacher (vit_step.ConvTeacher), the 1x1 convs included;
+- "forward": each student's logits and block-map digests in float64 with the recipe's weights (the reference's
+  T2T Performer patched to cast to its projection's dtype rather than float32, see patch_performer_dtype).
 Needs timm and einops; fvcore, iopath and simplejson (imported by pycls but not used here) are stubbed.
 """
 
@@ -176,6 +180,44 @@ def reference_step(cfg, MODEL, repo: str) -> dict:
             "weights": V.digests(student, V.reference_to_kdlab)}
 
 
+def reference_lg_step(cfg, MODEL, repo: str) -> dict:
+    """STEPS training iterations of DeiT-Tiny with the locality guidance (configs/deit/deit-ti_c100_ours.yaml:
+    ENABLE_INTER, linear transforms, student blocks 0/6/11 to the teacher's three stages), in float64."""
+    import vit_step as V
+    from pycls.core.net import SoftCrossEntropyLoss, smooth_one_hot_labels
+    from pycls.core.optimizer import construct_optimizer, construct_scheduler
+    from pycls.models.distill import DistillationWrapper
+
+    rel = "deit/deit-ti_c100_ours.yaml"
+    configure(cfg, repo, rel)
+    cfg.MODEL.IMG_SIZE = V.STUDENT_SIZE
+    cfg.DISTILLATION.TEACHER_IMG_SIZE = V.TEACHER_SIZE
+    cfg.TRANSFORMER.DROP_PATH_RATE = 0.0
+    cfg.OPTIM.WARMUP_EPOCHS = 0
+    student = MODEL.get(cfg.MODEL.TYPE)()
+    model = DistillationWrapper(student, V.ConvTeacher().double())
+    V.set_initial_weights(model.student_model, V.reference_to_kdlab)
+    V.set_initial_weights(model.feature_transforms, lambda n: "feature_transforms." + n)
+    model = model.double().train()
+    optimizer = construct_optimizer(model)
+    construct_scheduler(optimizer)
+    loss_fun, steps = SoftCrossEntropyLoss(), []
+    for step in range(V.STEPS):
+        inputs, labels = V.batch(step)
+        preds = model(inputs)
+        loss_cls = loss_fun(preds, smooth_one_hot_labels(labels).double())
+        loss_inter, _ = model.guidance_loss(inputs, [])
+        loss_inter = loss_inter * cfg.DISTILLATION.INTER_WEIGHT
+        loss = loss_cls + loss_inter
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        steps.append({"loss_ce": loss_cls.item(), "loss_feat": loss_inter.item()})
+    weights = V.digests(student, V.reference_to_kdlab)
+    weights.update(V.digests(model.feature_transforms, lambda n: "feature_transforms." + n))
+    return {"config": rel, "steps": steps, "weights": weights}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--ls-repo", required=True)
@@ -184,6 +226,7 @@ def main() -> None:
     refs = {"models": model_facts(cfg, MODEL, args.ls_repo)}
     refs["forward"] = forward_facts(cfg, MODEL, args.ls_repo)
     refs["step"] = reference_step(cfg, MODEL, args.ls_repo)
+    refs["lg_step"] = reference_lg_step(cfg, MODEL, args.ls_repo)
     with open(os.path.join(HERE, "vit_refs.json"), "w") as f:
         json.dump(refs, f, indent=1)
         f.write("\n")

@@ -71,3 +71,26 @@ def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
 def digests(model: nn.Module, to_kdlab=lambda n: n) -> dict:
     return {to_kdlab(n): [p.detach().sum().item(), p.detach().pow(2).sum().item()]
             for n, p in model.named_parameters() if p.requires_grad}
+
+
+class ConvTeacher(nn.Module):
+    """A fixed three-stage conv teacher (16/32/64 channels at 1, 1/2, 1/4 of TEACHER_SIZE) for the locality-guidance
+    step: the reference reads its `features` (the stage outputs) and `feature_dims`; kdlab its feats["feats"]
+    (a stem, then the stages)."""
+
+    def __init__(self, kdlab: bool = False) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList([nn.Conv2d(3, 16, 3, 1, 1), nn.Conv2d(16, 32, 3, 2, 1), nn.Conv2d(32, 64, 3, 2, 1)])
+        self.fc = nn.Linear(64, CLASSES)
+        set_initial_weights(self, lambda n: "teacher." + n)
+        self.kdlab, self.features, self.feature_dims = kdlab, [], [16, 32, 64]
+
+    def forward(self, x):
+        assert x.shape[-2:] == (TEACHER_SIZE, TEACHER_SIZE), x.shape
+        maps = []
+        for conv in self.convs:
+            x = torch.tanh(conv(x))
+            maps.append(x)
+        self.features = maps
+        logits = self.fc(x.mean((2, 3)))
+        return (logits, {"feats": [maps[0], *maps]}) if self.kdlab else logits
