@@ -18,5 +18,6 @@ setup(
         "lion-pytorch",
         "scikit-learn",
         "matplotlib",
+        "timm",
     ],
 )

@@ -47,6 +47,7 @@ LOSS_KEYS = {
     "VID": {"loss_ce", "loss_feat"},
     "CRD": {"loss_ce", "loss_feat"},
     "CTKD": {"loss_ce", "loss_kd"},
+    "LG": {"loss_ce", "loss_kd"},  # loss_feat with LG.ENABLE_INTER (off in the digits config)
     "CTKD_DKD": {"loss_ce", "loss_kd"},
 }
 # Parameters each method adds to the digits student with configs/digits/<method>/*.yaml, by hand:
@@ -80,6 +81,7 @@ EXTRA_PARAMS = {
     # a buffer, not a parameter (mdistiller's get_extra_parameters counts it too)
     "CRD": (32 * 128 + 128) + (128 * 128 + 128),
     "CTKD": 1,  # CTKD's global temperature (CTKD.MODE global in the digits config)
+    "LG": 0,  # the 1x1 convs come with LG.ENABLE_INTER (off in the digits config)
     "CTKD_DKD": 1,
 }
 

@@ -24,11 +24,11 @@ from kdlab.errors import ConfigError
 
 METHOD_CONFIGS = {m: os.path.join(REPO, f"configs/digits/{m.lower()}/digits_teacher_digits_student.yaml")
                   for m in ("KD", "MLKD", "DKD", "FITNET", "CONKD", "FEATKD", "PKT", "RKD", "KDSVD", "AT", "SP", "NST",
-                            "REVIEWKD", "OFD", "VID", "CRD", "CTKD")}
+                            "REVIEWKD", "OFD", "VID", "CRD", "CTKD", "LG")}
 METHOD_GROUPS = {"KD": ("KD", "MLKD"), "DKD": ("DKD",), "FITNET": ("FITNET",), "CONKD": ("CONKD",),
                  "FEATKD": ("FEATKD",), "PKT": ("PKT",), "RKD": ("RKD",), "KDSVD": ("KDSVD",),
                  "AT": ("AT",), "SP": ("SP",), "NST": ("NST",), "REVIEWKD": ("REVIEWKD",),
-                 "OFD": ("OFD",), "VID": ("VID",), "CRD": ("CRD",), "CTKD": ("CTKD",)}
+                 "OFD": ("OFD",), "VID": ("VID",), "CRD": ("CRD",), "CTKD": ("CTKD",), "LG": ("LG",)}
 # Short runs in which warm-up (epoch 1) and an LR decay (epoch 2) both happen.
 COMMON = {"SOLVER.EPOCHS": 2, "SOLVER.MAX_STEPS_PER_EPOCH": 2, "SOLVER.BATCH_SIZE": 16, "SOLVER.SCHEDULER": "multistep",
           "SOLVER.WARMUP_EPOCHS": 1, "SOLVER.LR_DECAY_STAGES": [1], "DATASET.NUM_WORKERS": 0, "SOLVER.DEVICE": "cpu",
@@ -37,8 +37,11 @@ COMMON = {"SOLVER.EPOCHS": 2, "SOLVER.MAX_STEPS_PER_EPOCH": 2, "SOLVER.BATCH_SIZ
 CONTEXT = {"SOLVER.MIN_LR": {"SOLVER.SCHEDULER": "cosine", "SOLVER.WARMUP_EPOCHS": 0},
            "SOLVER.BETAS": {"SOLVER.TYPE": "Adam"}, "SOLVER.AMP_DTYPE": {"SOLVER.AMP": True},
            "SOLVER.DOT.DELTA": {"SOLVER.TRAINER": "dot"},
-           "CTKD.HIDDEN": {"CTKD.MODE": "instance"}}
+           "CTKD.HIDDEN": {"CTKD.MODE": "instance"}, "LG.EXTRA_WEIGHT_IN": {"EXPERIMENT.LOGIT_STAND": True},
+           **{f"LG.{k}": {"LG.ENABLE_INTER": True} for k in ("INTER_TRANSFORM", "INTER_TEACHER_INDEX",
+                                                             "INTER_STUDENT_INDEX", "INTER_WEIGHT")}}
 REFUSED_AT_LOAD = {"DATASET.IMAGE_SIZE",  # digits images are 8x8 and never resized
+                   "DATASET.PIPELINE",  # tiny_transformers is CIFAR's (test_lg.py builds it)
                    "SOLVER.AMP_DTYPE",  # float16 autocast needs CUDA
                    "SOLVER.TRAINER"}  # aug/ours feed two views, which KD does not take (MLKD takes them anyway)
 
@@ -232,7 +235,8 @@ def _value(key: str, current, ckpts: dict):
     """A value other than `current` that is valid on digits; extra opts it needs."""
     special = {
         "EXPERIMENT.NAME": "renamed", "EXPERIMENT.TAG": "retagged", "EXPERIMENT.PROJECT": "elsewhere",
-        "DATASET.IMAGE_SIZE": 16, "DISTILLER.TYPE": "DKD", "DISTILLER.STUDENT": "digits_teacher",
+        "DATASET.IMAGE_SIZE": 16, "DATASET.PIPELINE": "tiny_transformers",
+        "DISTILLER.TYPE": "DKD", "DISTILLER.STUDENT": "digits_teacher",
         "DISTILLER.TEACHER": ("digits_student", {"DISTILLER.TEACHER_CKPT": ckpts["student"]}),
         "DISTILLER.TEACHER_CKPT": ckpts["teacher2"], "DISTILLER.STUDENT_PRETRAINED": ckpts["student"],
         "SOLVER.TRAINER": "aug", "SOLVER.TYPE": "Adam", "SOLVER.SCHEDULER": "cosine", "SOLVER.LR_DECAY_STAGES": [],
@@ -240,6 +244,8 @@ def _value(key: str, current, ckpts: dict):
         "CTKD.MODE": "instance",
         "FITNET.HINT_LAYER": 2, "FEATKD.STUDENT_LAYERS": [0, 2], "FEATKD.TEACHER_LAYERS": [1, 2],
         "CRD.MODE": "relax",
+        "LG.LOGIT_LOSS": "hard", "LG.INTER_TRANSFORM": "attention", "LG.INTER_TEACHER_INDEX": [0, 1],
+        "LG.INTER_STUDENT_INDEX": [0, 1],
         "RKD.PDIST.EPSILON": 1.0,  # a floor above some squared distances (halving 1e-12 touches none of them)
         "OFD.CONNECTOR.KERNEL_SIZE": 3,  # an odd kernel keeps the size ('same' padding)
         "LOG.PREFIX": "{root}/elsewhere",

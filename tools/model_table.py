@@ -17,6 +17,7 @@ FAMILIES = [
     ("CIFAR zoo (mdistiller), 32x32, 100 classes", "kdlab.models.cifar", 32, 100, 3),
     ("torchvision classification backbones, 224x224, 1000 classes", "kdlab.models.imagenet", 224, 1000, 3),
     ("segmentation (torchvision + seg_small), 320x320, 21 classes", "kdlab.models.segmentation", 320, 21, 3),
+    ("ViT students (tiny-transformers of the LS repo), 224x224, 100 classes", "kdlab.models.vit", 224, 100, 3),
     ("small CNNs, 8x8 digits, 10 classes, 1 channel", "kdlab.models.simple_cnn", 8, 10, 1),
 ]
 

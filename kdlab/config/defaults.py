@@ -28,6 +28,9 @@ _C.DATASET.NUM_WORKERS = 2  # DataLoader worker processes (0 = load in the main 
 _C.DATASET.VARIANT = ""  # imagenette: imagenette2 | imagenette2-320 | imagenette2-160
 _C.DATASET.IMAGE_SIZE = 0  # training resolution; 0 = the dataset's default
 _C.DATASET.AUGMENT = True  # training augmentation on/off
+# "" = the dataset's own transforms | tiny_transformers (CIFAR): the LS repo's ViT pipeline, resized to
+# IMAGE_SIZE (0 = 32), timm's strong augmentation (RandAugment, random erasing), ImageNet mean/std
+_C.DATASET.PIPELINE = ""
 _C.DATASET.GPU_AUGMENT = True  # in-memory datasets: augment whole batches on the device
 _C.DATASET.TEST = CN()
 _C.DATASET.TEST.BATCH_SIZE = 64  # evaluation batch size
@@ -55,9 +58,10 @@ _C.SOLVER.LR_DECAY_RATE = 0.1  # multistep: factor applied at each LR_DECAY_STAG
 _C.SOLVER.WEIGHT_DECAY = 0.0001  # L2 / decoupled (AdamW, Lion) weight decay
 _C.SOLVER.MOMENTUM = 0.9  # SGD momentum; beta1 for Adam/AdamW/Lion
 _C.SOLVER.NESTEROV = False  # SGD Nesterov momentum
+_C.SOLVER.NO_DECAY_1D = False  # no weight decay on biases, 1-D (norm) parameters, tokens and position embeddings
 _C.SOLVER.BETAS = [0.9, 0.999]  # Adam/AdamW betas (Lion: [0.9, 0.99] recommended)
 _C.SOLVER.TYPE = "SGD"  # SGD | Adam | AdamW | Lion
-_C.SOLVER.SCHEDULER = "multistep"  # multistep | cosine | plateau | constant
+_C.SOLVER.SCHEDULER = "multistep"  # multistep | cosine | cosine_timm (cosine over all epochs) | plateau | constant
 _C.SOLVER.WARMUP_EPOCHS = 0  # linear LR warm-up from WARMUP_FACTOR*LR over these epochs
 _C.SOLVER.WARMUP_FACTOR = 0.1  # warm-up starts at WARMUP_FACTOR * LR
 _C.SOLVER.MIN_LR = 0.0  # cosine floor
@@ -210,6 +214,21 @@ _C.CTKD.DECAY_MAX = 0.0  # lambda at epoch 0 [--decay_max]
 _C.CTKD.DECAY_MIN = -1.0  # lambda from epoch DECAY_LOOPS on; negative reverses the gradient [--decay_min]
 _C.CTKD.DECAY_LOOPS = 10  # epochs of the lambda curriculum [--decay_loops]
 _C.CTKD.HIDDEN = 128  # MODE instance: hidden width of the temperature MLP
+
+# LG: ViT students distilled by a CNN teacher as the LS repo's tiny-transformers does (its DISTILLATION keys, same
+# names and defaults; its LOGIT_STANDARD is EXPERIMENT.LOGIT_STAND; kdlab/distillers/lg.py)
+_C.LG = CN()
+_C.LG.TEACHER_IMG_SIZE = 32  # the teacher sees the student's input resized (bilinear) to this size
+_C.LG.ENABLE_LOGIT = False  # logit KD (loss_kd); also halves the CE term, as the reference
+_C.LG.LOGIT_LOSS = "soft"  # soft: KL at LOGIT_TEMP | hard: CE against the teacher's argmax
+_C.LG.LOGIT_TEMP = 1.0  # KD temperature; --logit-stand sets --base-temp
+_C.LG.LOGIT_WEIGHT = 0.5  # weight of loss_kd
+_C.LG.EXTRA_WEIGHT_IN = 9.0  # extra KD weight with EXPERIMENT.LOGIT_STAND only; --logit-stand sets --kd-weight
+_C.LG.ENABLE_INTER = False  # locality guidance (Li et al. ECCV 2022): feature term loss_feat
+_C.LG.INTER_TRANSFORM = "linear"  # linear (trainable 1x1 conv to the teacher's width) | attention | similarity
+_C.LG.INTER_TEACHER_INDEX = []  # teacher stage outputs (feats["feats"][1:]) paired with ...
+_C.LG.INTER_STUDENT_INDEX = []  # ... these student block maps (feats["feats"])
+_C.LG.INTER_WEIGHT = 2.5  # weight of loss_feat (a sum over the pairs)
 
 # CRD (contrastive representation distillation): embedding heads on the pooled features, a memory bank of
 # the training set, NCE with K negatives from other classes (kdlab/distillers/crd.py).

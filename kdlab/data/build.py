@@ -29,12 +29,20 @@ def check_image_size(cfg: CfgNode) -> None:
     size = cfg.DATASET.IMAGE_SIZE
     builder = DATASETS.get(cfg.DATASET.TYPE) if cfg.DATASET.TYPE in DATASETS else None
     native = getattr(builder, "fixed_image_size", None)
+    resizing = getattr(builder, "resizing_pipelines", ())  # DATASET.PIPELINE values under which it does resize
+    if native and cfg.DATASET.PIPELINE in resizing:
+        native = None
     if size < 0 or (native and size not in (0, native)):
         uses = f"always trains at {native}x{native} (it does not resize)" if native else "needs a size >= 0"
+        other = f" (or DATASET.PIPELINE {resizing[0]}, which resizes)" if native and resizing else ""
         raise ConfigError(
             f"DATASET.IMAGE_SIZE {size}: DATASET.TYPE {cfg.DATASET.TYPE} {uses}; set DATASET.IMAGE_SIZE "
-            f"{'0 or ' + str(native) if native else '0 for the default'}"
+            f"{'0 or ' + str(native) if native else '0 for the default'}{other}"
         )
+    pipelines = ("", *resizing)
+    if cfg.DATASET.PIPELINE not in pipelines:
+        raise ConfigError(f"DATASET.PIPELINE {cfg.DATASET.PIPELINE!r}: DATASET.TYPE {cfg.DATASET.TYPE} takes "
+                          f"{' or '.join(repr(p) for p in pipelines)}")
 
 
 hooks.register_validator(check_image_size)

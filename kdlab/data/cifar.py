@@ -11,7 +11,10 @@ With DATASET.DOWNLOAD True, missing files are fetched with torchvision's downloa
 checks their md5) and then read the same way.
 
 Transforms are mdistiller's: train RandomCrop(32, padding=4) + RandomHorizontalFlip +
-normalize; test normalize only. With DATASET.GPU_AUGMENT True (and one view) the items are
+normalize; test normalize only, at 32x32. DATASET.PIPELINE tiny_transformers selects instead the pipeline of
+the logit-standardization repo's tiny-transformers (for its ViT students and its CNN teacher;
+kdlab.data.transforms.vit_train_transform / vit_val_transform: images resized to DATASET.IMAGE_SIZE,
+timm's strong augmentation, ImageNet mean/std, per sample). With DATASET.GPU_AUGMENT True (and one view) the items are
 the raw uint8 (3, 32, 32) tensors and `DatasetSplits.train_batch_transform` /
 `val_batch_transform` (kdlab.data.batch_augment) augment and normalize whole batches on the
 training device; otherwise (or for two views: (weak, strong) per sample) items are float,
@@ -41,8 +44,10 @@ from kdlab.data.transforms import (
     cifar_train_transform,
     normalize,
     two_view_transform,
+    vit_train_transform,
+    vit_val_transform,
 )
-from kdlab.errors import DatasetFormatError, DatasetNotFoundError
+from kdlab.errors import ConfigError, DatasetFormatError, DatasetNotFoundError
 
 log = logging.getLogger("kdlab")
 IMAGE_BYTES = 3 * 32 * 32
@@ -198,8 +203,14 @@ def build_cifar(cfg, name: str, two_views: bool = False) -> DatasetSplits:
     root = cfg.DATASET.ROOT
     x_tr, y_tr, x_te, y_te, names = load_cifar(root, name, cfg.DATASET.DOWNLOAD)
     mean, std, augment = layout.mean, layout.std, cfg.DATASET.AUGMENT
-    on_device = cfg.DATASET.GPU_AUGMENT and not two_views
-    if on_device:
+    size = cfg.DATASET.IMAGE_SIZE or 32
+    vit = cfg.DATASET.PIPELINE == "tiny_transformers"
+    if vit and two_views:
+        raise ConfigError("DATASET.PIPELINE tiny_transformers: two-view methods take CIFAR's own pipeline; set it to ''")
+    on_device = cfg.DATASET.GPU_AUGMENT and not two_views and not vit
+    if vit:  # tiny-transformers' ViT pipeline (per sample, on the CPU workers)
+        train_tf, val_tf, train_batch, val_batch = vit_train_transform(size, augment), vit_val_transform(size), None, None
+    elif on_device:
         train_tf = val_tf = None
         train_batch = BatchCropFlipNormalize(mean, std) if augment else BatchNormalize(mean, std)
         val_batch = BatchNormalize(mean, std)
@@ -213,7 +224,7 @@ def build_cifar(cfg, name: str, two_views: bool = False) -> DatasetSplits:
         val=TensorImageDataset(x_te, y_te, val_tf),
         num_classes=layout.num_classes,
         class_names=names,
-        input_size=(32, 32),
+        input_size=(size, size),
         train_batch_transform=train_batch,
         val_batch_transform=val_batch,
         info={
@@ -221,6 +232,7 @@ def build_cifar(cfg, name: str, two_views: bool = False) -> DatasetSplits:
             "train": len(y_tr),
             "test": len(y_te),
             "augment": "batched on device" if on_device else ("two views" if two_views else "per sample"),
+            "image_size": size,
         },
     )
 
@@ -235,5 +247,8 @@ def build_cifar100(cfg, two_views: bool = False) -> DatasetSplits:
     return build_cifar(cfg, "cifar100", two_views)
 
 
-# Never resized: DATASET.IMAGE_SIZE must be 0 or 32 (checked at load time).
+# DATASET.IMAGE_SIZE must be 0 or 32 (checked at load time), unless DATASET.PIPELINE is tiny_transformers.
 build_cifar10.fixed_image_size = build_cifar100.fixed_image_size = 32
+build_cifar10.resizing_pipelines = build_cifar100.resizing_pipelines = ("tiny_transformers",)
+
+

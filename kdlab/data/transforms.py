@@ -170,3 +170,21 @@ def strong_transform(geometric: list, mean, std) -> T.Compose:
 
 def two_view_transform(weak: T.Compose, geometric: list, mean, std) -> TwoViews:
     return TwoViews(weak, strong_transform(geometric, mean, std))
+
+
+def vit_train_transform(size: int, augment: bool = True) -> T.Compose:
+    """tiny-transformers' training pipeline for ViTs on a small dataset (uint8 tensor in): timm's
+    create_transform at `size` (RandomResizedCrop bicubic, flip, RandAugment rand-m9-mstd0.5-inc1, random
+    erasing 0.25 per pixel), ImageNet mean/std; augment False: Resize((size, size)) and normalize."""
+    if not augment:
+        return vit_val_transform(size)
+    from timm.data import create_transform
+
+    return T.Compose([ToPIL(), create_transform(
+        input_size=size, is_training=True, color_jitter=0.4, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25,
+        re_mode="pixel", re_count=1, interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD)])
+
+
+def vit_val_transform(size: int) -> T.Compose:
+    """tiny-transformers' test pipeline: Resize((size, size)) (bilinear, on the PIL image), ImageNet mean/std."""
+    return T.Compose([ToPIL(), T.Resize((size, size)), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])

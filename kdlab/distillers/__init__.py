@@ -11,6 +11,7 @@ from kdlab.distillers import (  # noqa: F401  (register the methods)
     fitnet,
     kd,
     kdsvd,
+    lg,
     mlkd,
     nst,
     ofd,

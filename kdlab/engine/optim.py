@@ -9,6 +9,7 @@ import torch
 from yacs.config import CfgNode
 
 from kdlab.config import hooks
+from kdlab.errors import ConfigError
 from kdlab.registry import Registry
 
 OPTIMIZERS = Registry("optimizer")
@@ -17,8 +18,9 @@ hooks.register_names("SOLVER.TYPE", OPTIMIZERS.names)
 hooks.register_names("SOLVER.SCHEDULER", SCHEDULERS.names)
 
 
-def _fused_ok(params: list[torch.nn.Parameter]) -> bool:
+def _fused_ok(params: list) -> bool:
     """Fused kernels need every parameter on one floating-point device type that has them."""
+    params = [p for g in params for p in g["params"]] if params and isinstance(params[0], dict) else params
     devices = {p.device.type for p in params}
     return len(devices) == 1 and devices <= {"cuda", "cpu"} and all(p.is_floating_point() for p in params)
 
@@ -65,6 +67,14 @@ def _check_dot(cfg: CfgNode) -> None:
 hooks.register_validator(_check_dot)
 
 
+def _check_no_decay(cfg: CfgNode) -> None:
+    if cfg.SOLVER.NO_DECAY_1D and cfg.SOLVER.TRAINER == "dot":
+        raise ConfigError("SOLVER.NO_DECAY_1D True: SOLVER.TRAINER dot needs one parameter group; set it False")
+
+
+hooks.register_validator(_check_no_decay)
+
+
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: CfgNode) -> torch.optim.Optimizer:
     """SOLVER.TYPE's optimizer; under SOLVER.TRAINER dot, DOT's (kdlab.engine.dot: SGD with two momenta)."""
     if cfg.SOLVER.TRAINER == "dot":
@@ -72,6 +82,23 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: CfgNode) -> torch
 
         return build_dot_optimizer(list(params), cfg)
     return OPTIMIZERS.get(cfg.SOLVER.TYPE)(list(params), cfg)
+
+
+NO_DECAY_NAMES = ("cls_token", "dist_token", "pos_embed")  # tokens and position embeddings (timm/DeiT convention)
+
+
+def weight_decay_groups(named_params: Iterable[tuple[str, torch.nn.Parameter]], weight_decay: float) -> list[dict]:
+    """SOLVER.NO_DECAY_1D: [decayed, not decayed] parameter groups. Not decayed, as tiny-transformers'
+    optimizer (its reset_lr_weight_decay) does: 1-D parameters (norms), biases, and tokens / position
+    embeddings (a parameter whose own name starts with one of NO_DECAY_NAMES, e.g. pos_embed1)."""
+    decay, no_decay = [], []
+    for name, p in named_params:
+        if not p.requires_grad:
+            continue
+        own = name.rsplit(".", 1)[-1]
+        skip = p.ndim <= 1 or own == "bias" or own.startswith(NO_DECAY_NAMES)
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 class EpochSchedule:
@@ -125,6 +152,19 @@ class Cosine(EpochSchedule):
     def after_warmup(self, epoch: int) -> float:
         span = max(1, self.epochs - self.warmup)
         t = min(1.0, (epoch - 1 - self.warmup) / span)
+        lo = self.cfg.SOLVER.MIN_LR
+        return lo + (self.base_lr - lo) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+@SCHEDULERS.register("cosine_timm")
+class CosineTimm(EpochSchedule):
+    """timm's CosineLRScheduler as tiny-transformers uses it (t_initial EPOCHS, warmup_prefix False, stepped per
+    epoch): the half-cosine from LR to MIN_LR runs over all EPOCHS counted from epoch 1, and the linear warm-up
+    (the same as every schedule's here) replaces its first WARMUP_EPOCHS. "cosine" instead starts the cosine
+    after the warm-up."""
+
+    def after_warmup(self, epoch: int) -> float:
+        t = min(1.0, (epoch - 1) / max(1, self.epochs))
         lo = self.cfg.SOLVER.MIN_LR
         return lo + (self.base_lr - lo) * 0.5 * (1 + math.cos(math.pi * t))
 

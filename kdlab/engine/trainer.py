@@ -27,7 +27,7 @@ from kdlab.data.sampling import mix_seed
 from kdlab.engine import dot
 from kdlab.engine.checkpoint import FORMAT, FORMAT_VERSION, atomic_save
 from kdlab.engine.loggers import RunLogger
-from kdlab.engine.optim import build_optimizer, build_scheduler, set_lr
+from kdlab.engine.optim import build_optimizer, build_scheduler, set_lr, weight_decay_groups
 from kdlab.errors import CheckpointError, NonFiniteLossError
 from kdlab.evaluation.metrics import correct_and_count, evaluate, evaluate_segmentation
 
@@ -115,7 +115,12 @@ class Trainer:
         self.channels_last = cfg.SOLVER.CHANNELS_LAST
         # the non-finite check costs a device sync on CUDA: there it runs every logging interval
         self.check_finite_every_step = device.type == "cpu"
-        self.optimizer = build_optimizer(distiller.learnable_parameters(), cfg)  # DOT's under SOLVER.TRAINER dot
+        params = distiller.learnable_parameters()
+        if cfg.SOLVER.NO_DECAY_1D:  # biases, norms, tokens without weight decay (kdlab.engine.optim)
+            learnable = {id(p) for p in params}
+            params = weight_decay_groups(
+                ((n, p) for n, p in distiller.named_parameters() if id(p) in learnable), cfg.SOLVER.WEIGHT_DECAY)
+        self.optimizer = build_optimizer(params, cfg)  # DOT's under SOLVER.TRAINER dot
         self.dot = cfg.SOLVER.TRAINER == "dot"
         self.scheduler = build_scheduler(cfg)
         self.autocast = autocast_context(cfg, device)
