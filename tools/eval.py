@@ -1,6 +1,7 @@
 """Evaluate a checkpoint: python tools/eval.py --cfg X.yaml --ckpt PATH [--json] [KEY VALUE ...].
 
-Classification prints top-1/top-5, per-class accuracy and the confusion matrix; segmentation (voc)
+Classification prints top-1/top-5, per-class accuracy, the confusion matrix and scikit-learn's
+classification report (precision, recall, F1, support; --json: "classification_report"); segmentation (voc)
 prints mIoU, pixel accuracy and per-class IoU (--json: "miou", "pixel_acc" in percent, "per_class_iou").
 
 mdistiller's form also works: python tools/eval.py -m resnet8x4 -c CKPT -d cifar100.
