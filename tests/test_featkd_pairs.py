@@ -79,9 +79,10 @@ def test_conv_connector_is_the_seeds_align_layer():
     conv = FeatureConnector(4, 8, batch_norm=False)
     assert isinstance(conv.conv, nn.Conv2d) and conv.conv.bias is not None and isinstance(conv.bn, nn.Identity)
     assert isinstance(FeatureConnector(8, 8, batch_norm=False).conv, nn.Identity)
-    x = torch.randn(2, 4, 3, 3)  # a 1x1 conv commutes with the bilinear resize: the seed resizes first
-    up = F.interpolate(x, size=(6, 6), mode="bilinear", align_corners=False)
-    torch.testing.assert_close(conv(x, (6, 6)), conv.conv(up), rtol=1e-5, atol=1e-6)
+    x = torch.randn(2, 4, 6, 6)  # the seed interpolates (up or down) first, then aligns: the two commute
+    for size in ((12, 12), (3, 3)):
+        resized = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        torch.testing.assert_close(conv(x, size), conv.conv(resized), rtol=1e-5, atol=1e-5)
     d = _digits("FEATKD.CONNECTOR", "conv", "FEATKD.STUDENT_LAYERS", "[1, 2]", "FEATKD.TEACHER_LAYERS", "[1, 3]")
     assert not any(isinstance(m, nn.BatchNorm2d) for m in d.connectors.modules())
 

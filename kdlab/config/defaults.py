@@ -140,7 +140,7 @@ _C.FEATKD.INPUT_SIZE = []  # (H, W) of the zero batch that probes feature shapes
 # vector) pairs vectors (a Linear connector where the sizes differ); a pair is two maps or two vectors
 _C.FEATKD.PAIR_LOSSES = ["mse"]  # per pair (one entry: every pair): mse | cosine (1 - cos over channels, meaned)
 _C.FEATKD.PAIR_WEIGHTS = []  # per-pair weights inside BETA; empty = 1 / number of pairs (the mean)
-_C.FEATKD.CONNECTOR = "conv_bn"  # map pairs: conv_bn (1x1 conv + BatchNorm) | conv (1x1 conv + bias; none at equal C)
+_C.FEATKD.CONNECTOR = "conv_bn"  # map pairs: conv_bn (1x1 conv + BatchNorm) | conv (seed: 1x1 conv + bias, bilinear)
 _C.FEATKD.PIXELS = "labelled"  # segmentation KD term: labelled (mean over labelled pixels) | all (sum / batch size)
 
 # PKT (Passalis & Tefas 2018): KL between the B x B cosine-similarity distributions of pooled features

@@ -56,7 +56,7 @@ def pick_feature(feats: dict, spec: int | str, key: str, who: str) -> torch.Tens
                 f"{key}: {spec!r} is not a feature of the {who}; use a layer index into feats['feats'] "
                 f"(0 = stem, then each stage) or one of {names}"
             )
-        return value.flatten(1) if value.dim() == 2 else value
+        return value
     if isinstance(spec, bool) or not isinstance(spec, int):
         raise ConfigError(f"{key}: {spec!r} must be a layer index (int) or a feature name such as 'pooled_feat'")
     shapes = [f.shape for f in feats["feats"]]
@@ -114,12 +114,14 @@ class FeatureConnector(nn.Module):
 
     The spatial size is taken from the teacher feature at run time: adaptive average pooling when the
     student map is larger, bilinear interpolation when it is smaller, nothing when they are equal.
-    With batch_norm=False the conv has a bias and no BatchNorm follows, and equal channel counts get no
-    conv at all (the Elec475 VOC seed's align layers; a 1x1 conv commutes with the bilinear resize).
+    With batch_norm=False the conv has a bias and no BatchNorm follows, equal channel counts get no conv at
+    all, and the resize is always bilinear: the Elec475 VOC seed's align layers, which interpolate the student
+    map to the teacher's size and then apply the 1x1 conv (the two commute).
     """
 
     def __init__(self, student_channels: int, teacher_channels: int, batch_norm: bool = True) -> None:
         super().__init__()
+        self.bilinear = not batch_norm
         if batch_norm:
             self.conv = nn.Conv2d(student_channels, teacher_channels, kernel_size=1, bias=False)
             self.bn = nn.BatchNorm2d(teacher_channels)
@@ -130,6 +132,8 @@ class FeatureConnector(nn.Module):
 
     def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         x = self.bn(self.conv(x))
+        if self.bilinear and tuple(x.shape[-2:]) != tuple(size):
+            return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
         return resize_to(x, size)
 
 

@@ -12,11 +12,12 @@ classifier). A pair is two maps or two vectors. L_i is FEATKD.PAIR_LOSSES[i] (on
 
 A map connector is, with FEATKD.CONNECTOR "conv_bn", a 1x1 conv + BatchNorm to the teacher's channels followed
 by adaptive average pooling (student map larger) or bilinear upsampling (smaller) to the teacher's H x W; with
-"conv", a 1x1 conv with bias and no BatchNorm (none when the channels agree), as the Elec475 VOC seed. A vector
-connector is a Linear layer (none when the sizes agree). Shapes are probed at construction with a zero batch of
-FEATKD.INPUT_SIZE (empty: the dataset's size); a pair that cannot be connected is a ConfigError naming the
-layers and shapes. On segmentation the KD term covers FEATKD.PIXELS: "labelled" pixels (the mean) or "all"
-(the sum over pixels divided by the batch size, the seed's KLDivLoss batchmean).
+"conv", a 1x1 conv with bias and no BatchNorm (none when the channels agree) and a bilinear resize either way,
+as the Elec475 VOC seed's align layers. A vector connector is a Linear layer (none when the sizes agree).
+Shapes are probed at construction with a zero batch of FEATKD.INPUT_SIZE (empty: the dataset's size); a pair
+that cannot be connected is a ConfigError naming the layers and shapes. On segmentation the KD term covers
+FEATKD.PIXELS: "labelled" pixels (the mean) or "all" (the sum over pixels divided by the batch size, the
+seed's KLDivLoss batchmean).
 --logit-stand sets TEMPERATURE = --base-temp and ALPHA = --kd-weight, as for KD.
 """
 
