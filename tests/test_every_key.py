@@ -201,6 +201,23 @@ def _check_ctkd_lambda(tmp_path, key):
     assert grad() != 0 and grad(key, value) != grad()
 
 
+def _check_pixels(tmp_path, key):
+    """Segmentation only: the KD term over all pixels (sum / batch) differs from the mean over labelled ones."""
+    from kdlab.distillers import DatasetFacts, build_distiller
+    from kdlab.models import build_model
+
+    def loss_kd(*opts):
+        cfg = load_cfg(None, ["DATASET.TYPE", "voc", "DISTILLER.TYPE", key.split(".")[0], "FEATKD.STUDENT_LAYERS",
+                              "[2]", "FEATKD.TEACHER_LAYERS", "[2]", *opts])
+        torch.manual_seed(0)
+        d = build_distiller(cfg, build_model("seg_small", 21), build_model("seg_small", 21),
+                            facts=DatasetFacts(num_classes=21, input_size=(16, 16))).train()
+        target = torch.randint(0, 21, (2, 16, 16))
+        target[:, :4] = 255
+        return d(torch.randn(2, 3, 16, 16), target, epoch=1)[1]["loss_kd"].item()
+    assert loss_kd(key, "all") > 10 * loss_kd()  # 256 pixels summed vs 192 labelled ones averaged
+
+
 # (a) by an explicit check, or a reason why no digits run can show the key (keep this short and honest).
 NOT_SEEN_IN_A_DIGITS_RUN = {
     "DATASET.TYPE": "picks the dataset; each builder has its own tests (test_data_*.py, test_voc.py)",
@@ -228,6 +245,8 @@ NOT_SEEN_IN_A_DIGITS_RUN = {
     "CRD.FEAT.STUDENT_DIM": _check_crd_dims,  # the heads follow the models; another value is reported
     "CRD.FEAT.TEACHER_DIM": _check_crd_dims,
     **{f"CTKD.{k}": _check_ctkd_lambda for k in ("COSINE_DECAY", "DECAY_MAX", "DECAY_MIN", "DECAY_LOOPS")},
+    "KD.PIXELS": _check_pixels,
+    "FEATKD.PIXELS": _check_pixels,
 }
 
 
@@ -243,6 +262,7 @@ def _value(key: str, current, ckpts: dict):
         "SOLVER.BETAS": [0.5, 0.9], "SOLVER.AMP_DTYPE": "float16", "CONKD.SUPCON_VARIANT": "seed",
         "CTKD.MODE": "instance",
         "FITNET.HINT_LAYER": 2, "FEATKD.STUDENT_LAYERS": [0, 2], "FEATKD.TEACHER_LAYERS": [1, 2],
+        "FEATKD.PAIR_LOSSES": ["cosine"], "FEATKD.PAIR_WEIGHTS": [0.25, 1.0], "FEATKD.CONNECTOR": "conv",
         "CRD.MODE": "relax",
         "LG.LOGIT_LOSS": "hard", "LG.INTER_TRANSFORM": "attention", "LG.INTER_TEACHER_INDEX": [0, 1],
         "LG.INTER_STUDENT_INDEX": [0, 1],

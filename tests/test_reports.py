@@ -175,6 +175,10 @@ def test_eval_plots(runs, tmp_path):
     ])
     report = json.loads(text)
     assert report["top1"] == pytest.approx(runs[0]["best_acc"], abs=1e-4)
+    cr = report["classification_report"]  # precision / recall / F1 from the same confusion matrix
+    assert 100 * cr["accuracy"] == pytest.approx(report["top1"]) and cr["macro avg"]["support"] == 360
+    for name, acc in report["per_class_acc"].items():
+        assert 100 * cr[name]["recall"] == pytest.approx(acc)
     assert sorted(os.path.basename(p) for p in report["plots"]) == ["confusion_matrix.png", "per_class_accuracy.png"]
     for path in report["plots"]:
         assert_png(path)

@@ -102,6 +102,7 @@ _C.KD.TEMPERATURE = 4.0  # mdistiller's default; --logit-stand sets --base-temp 
 _C.KD.LOSS = CN()
 _C.KD.LOSS.CE_WEIGHT = 0.1  # weight of the cross-entropy term
 _C.KD.LOSS.KD_WEIGHT = 0.9  # mdistiller's default; --logit-stand sets --kd-weight (9)
+_C.KD.PIXELS = "labelled"  # segmentation: labelled (mean over labelled pixels) | all (sum over pixels / batch size)
 
 # DKD (Zhao et al. CVPR 2022): loss_kd = min(epoch / WARMUP, 1) * (ALPHA * TCKD + BETA * NCKD)
 _C.DKD = CN()
@@ -129,7 +130,8 @@ _C.CONKD.SUPCON_TEMPERATURE = 0.07  # SupCon temperature
 _C.CONKD.PROJ_DIM = 128  # output size of the projection head Linear(d, d) -> ReLU -> Linear(d, PROJ_DIM)
 _C.CONKD.SUPCON_VARIANT = "khosla"  # khosla (Khosla et al. 2020) | seed (self as positive)
 
-# FEATKD: CE_WEIGHT * CE + ALPHA * KD + BETA * mean over layer pairs of MSE(connector(student), teacher)
+# FEATKD: CE_WEIGHT * CE + ALPHA * KD + BETA * sum over layer pairs of PAIR_WEIGHTS[i] * loss_i(connector(student),
+# teacher); loss_i = PAIR_LOSSES[i] (mse | cosine); the defaults give BETA * the mean over pairs of MSE
 _C.FEATKD = CN()
 _C.FEATKD.CE_WEIGHT = 1.0  # weight of the cross-entropy term
 _C.FEATKD.ALPHA = 1.0  # weight of the logit KD term; --logit-stand sets --kd-weight
@@ -138,6 +140,12 @@ _C.FEATKD.TEMPERATURE = 4.0  # KD temperature; --logit-stand sets --base-temp
 _C.FEATKD.STUDENT_LAYERS = [2, 3]  # indices into the student's feats["feats"] (0 = stem, then stages)
 _C.FEATKD.TEACHER_LAYERS = [2, 3]  # the teacher layer paired with each student layer (same length)
 _C.FEATKD.INPUT_SIZE = []  # (H, W) of the zero batch that probes feature shapes; empty = the dataset's size
+# a layer entry is an index into feats["feats"] or a name of a feats entry: "pooled_feat" (the classifier's input
+# vector) pairs vectors (a Linear connector where the sizes differ); a pair is two maps or two vectors
+_C.FEATKD.PAIR_LOSSES = ["mse"]  # per pair (one entry: every pair): mse | cosine (1 - cos over channels, meaned)
+_C.FEATKD.PAIR_WEIGHTS = []  # per-pair weights inside BETA; empty = 1 / number of pairs (the mean)
+_C.FEATKD.CONNECTOR = "conv_bn"  # map pairs: conv_bn (1x1 conv + BatchNorm) | conv (seed: 1x1 conv + bias, bilinear)
+_C.FEATKD.PIXELS = "labelled"  # segmentation KD term: labelled (mean over labelled pixels) | all (sum / batch size)
 
 # PKT (Passalis & Tefas 2018): KL between the B x B cosine-similarity distributions of pooled features
 _C.PKT = CN()

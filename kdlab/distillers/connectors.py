@@ -46,6 +46,24 @@ def feature_shapes(model: nn.Module, input_size: Sequence[int]) -> list[torch.Si
     return [f.shape for f in probe_features(model, input_size)["feats"]]
 
 
+def pick_feature(feats: dict, spec: int | str, key: str, who: str) -> torch.Tensor:
+    """feats["feats"][spec] for an int, feats[spec] for a name (e.g. "pooled_feat"); a ConfigError otherwise."""
+    if isinstance(spec, str):
+        value = feats.get(spec)
+        if not isinstance(value, torch.Tensor) or value.dim() not in (2, 4):
+            names = sorted(k for k, v in feats.items() if isinstance(v, torch.Tensor) and v.dim() in (2, 4))
+            raise ConfigError(
+                f"{key}: {spec!r} is not a feature of the {who}; use a layer index into feats['feats'] "
+                f"(0 = stem, then each stage) or one of {names}"
+            )
+        return value
+    if isinstance(spec, bool) or not isinstance(spec, int):
+        raise ConfigError(f"{key}: {spec!r} must be a layer index (int) or a feature name such as 'pooled_feat'")
+    shapes = [f.shape for f in feats["feats"]]
+    pick_layer(shapes, spec, key, who)
+    return feats["feats"][spec]
+
+
 def pick_layer(shapes: list[torch.Size], index: int, key: str, who: str) -> torch.Size:
     """shapes[index], or a ConfigError naming the key and the valid indices."""
     if not -len(shapes) <= index < len(shapes):
@@ -96,16 +114,39 @@ class FeatureConnector(nn.Module):
 
     The spatial size is taken from the teacher feature at run time: adaptive average pooling when the
     student map is larger, bilinear interpolation when it is smaller, nothing when they are equal.
+    With batch_norm=False the conv has a bias and no BatchNorm follows, equal channel counts get no conv at
+    all, and the resize is always bilinear: the Elec475 VOC seed's align layers, which interpolate the student
+    map to the teacher's size and then apply the 1x1 conv (the two commute).
     """
 
-    def __init__(self, student_channels: int, teacher_channels: int) -> None:
+    def __init__(self, student_channels: int, teacher_channels: int, batch_norm: bool = True) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(student_channels, teacher_channels, kernel_size=1, bias=False)
-        self.bn = nn.BatchNorm2d(teacher_channels)
+        self.bilinear = not batch_norm
+        if batch_norm:
+            self.conv = nn.Conv2d(student_channels, teacher_channels, kernel_size=1, bias=False)
+            self.bn = nn.BatchNorm2d(teacher_channels)
+        else:
+            same = student_channels == teacher_channels
+            self.conv = nn.Identity() if same else nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
+            self.bn = nn.Identity()
 
     def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         x = self.bn(self.conv(x))
+        if self.bilinear and tuple(x.shape[-2:]) != tuple(size):
+            return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
         return resize_to(x, size)
+
+
+class VectorConnector(nn.Module):
+    """Maps an N x D student vector (e.g. feats["pooled_feat"]) to the teacher's N x D': a Linear layer
+    when the sizes differ, nothing when they are equal (cifar10_distillation's penultimate-vector MSE)."""
+
+    def __init__(self, student_dim: int, teacher_dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Identity() if student_dim == teacher_dim else nn.Linear(student_dim, teacher_dim)
+
+    def forward(self, x: torch.Tensor, size: Sequence[int] | None = None) -> torch.Tensor:
+        return self.linear(x.flatten(1))
 
 
 def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

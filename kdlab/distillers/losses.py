@@ -250,7 +250,19 @@ def feature_mse_loss(
         return F.mse_loss(_f32(student_feat), _f32(teacher_feat).detach())
 
 
+def feature_cosine_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
+    """1 - cosine similarity over the channel (dim 1) of vectors N x D or maps N x C x H x W, averaged over the
+    batch (and the positions of a map), as the Elec475 VOC seed's feature KD."""
+    with torch.autocast(device_type=student_feat.device.type, enabled=False):
+        cos = F.cosine_similarity(_f32(student_feat), _f32(teacher_feat).detach(), dim=1)
+        return (1 - cos).mean()
+
+
+FEATURE_LOSSES = {"mse": feature_mse_loss, "cosine": feature_cosine_loss}
+
 # ---------------------------------------------------------------- dense (per-pixel) prediction
+
+PIXEL_MODES = ("labelled", "all")
 
 
 def flatten_pixels(
@@ -270,9 +282,20 @@ def pixel_kd_loss(
     temperature: float,
     logit_stand: bool = False,
     ignore_index: int = IGNORE_INDEX,
+    pixels: str = "labelled",
 ) -> torch.Tensor:
-    """kd_loss applied per pixel: the mean over labelled pixels (target != ignore_index) of each pixel's
-    T^2 * KL, each pixel's C logits standardized on their own when logit_stand is set (0 if none is labelled)."""
+    """kd_loss applied per pixel, each pixel's C logits standardized on their own when logit_stand is set.
+
+    pixels "labelled": the mean over labelled pixels (target != ignore_index) of each pixel's T^2 * KL
+    (0 if none is labelled). pixels "all": the sum over every pixel, ignored ones too, divided by the batch
+    size N -- KLDivLoss(reduction="batchmean") on N x C x H x W, as the Elec475 VOC seed (H * W times the mean).
+    """
+    if pixels == "all":
+        n, hw = logits_student.shape[0], logits_student.shape[2] * logits_student.shape[3]
+        return kd_loss(flatten_pixels(logits_student), flatten_pixels(logits_teacher), temperature,
+                       logit_stand) * hw if n else logits_student.sum() * 0.0
+    if pixels != "labelled":
+        raise ValueError(f"pixels must be one of {PIXEL_MODES}, got {pixels!r}")
     s = flatten_pixels(logits_student, target, ignore_index)
     if s.shape[0] == 0:
         return logits_student.sum() * 0.0
@@ -286,10 +309,11 @@ def kd_loss_any(
     target: torch.Tensor | None,
     temperature: float,
     logit_stand: bool = False,
+    pixels: str = "labelled",
 ) -> torch.Tensor:
-    """kd_loss for N x C logits, pixel_kd_loss for N x C x H x W ones (segmentation)."""
+    """kd_loss for N x C logits, pixel_kd_loss (over `pixels`) for N x C x H x W ones (segmentation)."""
     if logits_student.dim() == 4:
-        return pixel_kd_loss(logits_student, logits_teacher, target, temperature, logit_stand)
+        return pixel_kd_loss(logits_student, logits_teacher, target, temperature, logit_stand, pixels=pixels)
     return kd_loss(logits_student, logits_teacher, temperature, logit_stand)
 
 

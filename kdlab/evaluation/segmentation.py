@@ -40,6 +40,30 @@ def segmentation_report(
     }
 
 
+@torch.no_grad()
+def segmentation_samples(
+    models: dict, dataset, device: torch.device, count: int, batch_transform: Optional[Callable] = None
+) -> list[dict]:
+    """The first `count` items of `dataset` ((image, mask, index) items) with each model's predicted mask:
+    [{"index", "image" (C x H x W, as the models see it), "target" (H x W), "predictions": {name: H x W}}].
+    Each model returns (logits, feats) and is put in eval mode on `device`."""
+    items = [dataset[i] for i in range(min(count, len(dataset)))]
+    if not items:
+        return []
+    images = torch.stack([torch.as_tensor(item[0]) for item in items]).to(device)
+    if batch_transform is not None:
+        images = batch_transform(images)
+    predictions = {}
+    for name, model in models.items():
+        model.to(device).eval()
+        predictions[name] = model(images)[0].argmax(1).cpu()
+    return [
+        {"index": int(item[2]), "image": images[k].float().cpu().numpy(), "target": torch.as_tensor(item[1]).numpy(),
+         "predictions": {name: pred[k].numpy() for name, pred in predictions.items()}}
+        for k, item in enumerate(items)
+    ]
+
+
 def format_segmentation_report(report: dict) -> str:
     """Human-readable text: headline (mIoU, pixel accuracy, loss) and the per-class IoU table."""
     lines = [
