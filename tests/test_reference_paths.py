@@ -167,13 +167,12 @@ def test_one_experiment_is_one_file_and_includes():
     """Two shipped configs with the same values (apart from the run's name and the spelling of an ImageNet
     model) are one file holding the values and files that include it with _BASE_: no copied values."""
     groups = collections.defaultdict(list)
-    ref_keys = set(PEER_DEFAULTS[MD]) | set(PEER_DEFAULTS[LS])
     for path in sorted(glob.glob(os.path.join(CONFIGS, "**", "*.yaml"), recursive=True)):
         cfg = load_cfg(path, validate=False)
         flat = flatten(cfg)
         for k in ("DISTILLER.TEACHER", "DISTILLER.STUDENT"):
             flat[k] = resolve_model_name(flat[k], cfg.DATASET.TYPE)
-        groups[repr(sorted((k, _norm(v)) for k, v in flat.items() if k in ref_keys and k not in NAMING))].append(path)
+        groups[repr(sorted((k, _norm(v)) for k, v in flat.items() if k not in NAMING))].append(path)
     copies = []
     for paths in groups.values():
         holders = [p for p in paths if not _bases(p)]
