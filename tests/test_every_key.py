@@ -198,6 +198,22 @@ def _check_ctkd_lambda(tmp_path, key):
     assert grad() != 0 and grad(key, value) != grad()
 
 
+def _check_normalize(tmp_path, value):
+    """digits has one channel (imagenet is refused there): on CIFAR the statistics follow the key."""
+    from fixtures_data import write_cifar
+
+    from kdlab.data.build import build_datasets
+    from kdlab.data.transforms import CIFAR10_MEAN, IMAGENET_MEAN
+
+    write_cifar(tmp_path / "cifar", "cifar10", n_train=20, n_test=10)
+    means = {}
+    for choice in ("auto", "dataset", "imagenet"):
+        cfg = load_cfg(None, ["DATASET.TYPE", "cifar10", "DATASET.ROOT", str(tmp_path / "cifar"),
+                              "DATASET.NORMALIZE", choice])
+        means[choice] = build_datasets(cfg).val_batch_transform.mean
+    assert means == {"auto": CIFAR10_MEAN, "dataset": CIFAR10_MEAN, "imagenet": IMAGENET_MEAN}
+
+
 # (a) by an explicit check, or a reason why no digits run can show the key (keep this short and honest).
 NOT_SEEN_IN_A_DIGITS_RUN = {
     "DATASET.TYPE": "picks the dataset; each builder has its own tests (test_data_*.py, test_voc.py)",
@@ -205,6 +221,7 @@ NOT_SEEN_IN_A_DIGITS_RUN = {
     "DATASET.DOWNLOAD": "fetches a missing dataset; tested with a faked downloader in test_data_cifar.py",
     "DATASET.VARIANT": "imagenette only: picks the on-disk variant (test_data_imagenet.py)",
     "DATASET.GPU_AUGMENT": "CIFAR only: augments whole batches on the device (test_data_cifar.py)",
+    "DATASET.NORMALIZE": _check_normalize,
     "DISTILLER.TEACHER_PRETRAINED": "torchvision weights of ImageNet teachers (test_models_torchvision.py)",
     "SOLVER.DEVICE": _check_device,
     "SOLVER.COMPILE": _check_compile,
@@ -232,7 +249,9 @@ def _value(key: str, current, ckpts: dict):
     """A value other than `current` that is valid on digits; extra opts it needs."""
     special = {
         "EXPERIMENT.NAME": "renamed", "EXPERIMENT.TAG": "retagged", "EXPERIMENT.PROJECT": "elsewhere",
-        "DATASET.IMAGE_SIZE": 16, "DISTILLER.TYPE": "DKD", "DISTILLER.STUDENT": "digits_teacher",
+        "DATASET.IMAGE_SIZE": 16, "DATASET.TRAIN_TRANSFORMS": [{"RandomRotation": {"degrees": 30}}],
+        "DATASET.TEST_TRANSFORMS": [{"RandomHorizontalFlip": {"p": 1.0}}],
+        "DISTILLER.TYPE": "DKD", "DISTILLER.STUDENT": "digits_teacher",
         "DISTILLER.TEACHER": ("digits_student", {"DISTILLER.TEACHER_CKPT": ckpts["student"]}),
         "DISTILLER.TEACHER_CKPT": ckpts["teacher2"], "DISTILLER.STUDENT_PRETRAINED": ckpts["student"],
         "SOLVER.TRAINER": "aug", "SOLVER.TYPE": "Adam", "SOLVER.SCHEDULER": "cosine", "SOLVER.LR_DECAY_STAGES": [],

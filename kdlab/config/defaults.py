@@ -27,8 +27,25 @@ _C.DATASET.DOWNLOAD = False  # download when missing (never by default)
 _C.DATASET.NUM_WORKERS = 2  # DataLoader worker processes (0 = load in the main process)
 _C.DATASET.VARIANT = ""  # imagenette: imagenette2 | imagenette2-320 | imagenette2-160
 _C.DATASET.IMAGE_SIZE = 0  # training resolution; 0 = the dataset's default
+# statistics of the final normalization: dataset (its own) | imagenet | auto = imagenet for CIFAR resized to an
+# IMAGE_SIZE other than 32 (torchvision ImageNet backbones), else dataset. ImageNet/Imagenette/VOC use ImageNet's
+# either way; digits takes dataset (one channel) only.
+_C.DATASET.NORMALIZE = "auto"
 _C.DATASET.AUGMENT = True  # training augmentation on/off
 _C.DATASET.GPU_AUGMENT = True  # in-memory datasets: augment whole batches on the device
+# torchvision.transforms.v2 pipelines (kdlab/data/config_transforms.py): a list of names or one-key mappings
+# {Name: {argument: value}}, e.g. [RandomHorizontalFlip, {ColorJitter: {brightness: 0.4}}]; on the command line
+# "['RandomHorizontalFlip', {'ColorJitter': {'brightness': 0.4}}]". Empty = the dataset's built-in pipeline.
+# A non-empty list replaces the built-in augmentation (TEST: the evaluation resizing); kdlab then resizes to
+# the working size where the list left another size, converts to float and normalizes. Per dataset:
+# cifar10/100: per-sample path on uint8 tensors instead of the batched on-device one (GPU_AUGMENT applies to
+# the other list, if that one is empty); digits: on the 1x8x8 float image in [0, 1] before standardization
+# (geometric transforms and brightness/contrast only: one channel); imagenet/imagenette: on the decoded uint8
+# image (mind the size: add RandomResizedCrop/Resize, else FitSize squashes it); voc: jointly on image and mask
+# (mask nearest-neighbour, padded/rotated-in mask pixels 255 unless the entry sets fill); tiny_imagenet: on the
+# 64x64 uint8 image. Two-view methods: the strong view adds RandAugment + Cutout to the list's transforms.
+_C.DATASET.TRAIN_TRANSFORMS = []  # training pipeline (above)
+_C.DATASET.TEST_TRANSFORMS = []  # evaluation pipeline (held-out split and test set)
 _C.DATASET.TEST = CN()
 _C.DATASET.TEST.BATCH_SIZE = 64  # evaluation batch size
 

@@ -15,7 +15,12 @@ normalize; test normalize only. With DATASET.GPU_AUGMENT True (and one view) the
 the raw uint8 (3, 32, 32) tensors and `DatasetSplits.train_batch_transform` /
 `val_batch_transform` (kdlab.data.batch_augment) augment and normalize whole batches on the
 training device; otherwise (or for two views: (weak, strong) per sample) items are float,
-already normalized.
+already normalized. A DATASET.TRAIN_TRANSFORMS / TEST_TRANSFORMS list (kdlab.data.config_transforms)
+replaces the built-in pipeline of its split and runs per sample on the uint8 tensors.
+
+DATASET.IMAGE_SIZE other than 0/32 resizes (bilinear) after the augmentation: on the device in
+the batched path, per sample otherwise. DATASET.NORMALIZE auto then uses ImageNet's statistics
+(what torchvision's ImageNet backbones and weights expect), else CIFAR's.
 """
 
 from __future__ import annotations
@@ -32,14 +37,18 @@ from kdlab.data.batch_augment import BatchCropFlipNormalize, BatchNormalize
 from kdlab.data.build import DATASETS, DatasetSplits
 from kdlab.data.digits import TensorImageDataset
 from kdlab.data.safe_pickle import load_pickle
+from torchvision import transforms as T
+
+from kdlab.data.config_transforms import FitSize, build_transforms, config_pipeline
 from kdlab.data.transforms import (
     CIFAR10_MEAN,
     CIFAR10_STD,
     CIFAR100_MEAN,
     CIFAR100_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ToFloat,
     cifar_geometric,
-    cifar_train_transform,
-    normalize,
     two_view_transform,
 )
 from kdlab.errors import DatasetFormatError, DatasetNotFoundError
@@ -193,33 +202,68 @@ def load_cifar(root: str, name: str = "cifar100", download: bool = False):
     return images(x_train), torch.from_numpy(y_train), images(x_test), torch.from_numpy(y_test), names
 
 
+def cifar_statistics(cfg, layout: CifarLayout) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per DATASET.NORMALIZE: auto = ImageNet's at a resized IMAGE_SIZE (torchvision backbones), else CIFAR's."""
+    choice = cfg.DATASET.NORMALIZE
+    if choice == "auto":
+        choice = "imagenet" if cfg.DATASET.IMAGE_SIZE not in (0, 32) else "dataset"
+    return (IMAGENET_MEAN, IMAGENET_STD) if choice == "imagenet" else (layout.mean, layout.std)
+
+
+def _resize(size: int) -> list:
+    return [T.Resize((size, size), antialias=True)] if size != 32 else []
+
+
+def _per_sample_train(cfg, size: int, mean, std, two_views: bool):
+    entries = cfg.DATASET.TRAIN_TRANSFORMS
+    if entries:
+        train_tf = config_pipeline("DATASET.TRAIN_TRANSFORMS", entries, size, mean, std)
+        geometric = [*build_transforms("DATASET.TRAIN_TRANSFORMS", entries), FitSize(size)]
+    else:
+        geometric = [*cifar_geometric(cfg.DATASET.AUGMENT), *_resize(size)]
+        train_tf = T.Compose([*geometric, ToFloat(), T.Normalize(mean, std)])
+    return two_view_transform(train_tf, geometric, mean, std) if two_views else train_tf
+
+
+def _per_sample_val(cfg, size: int, mean, std):
+    entries = cfg.DATASET.TEST_TRANSFORMS
+    if entries:
+        return config_pipeline("DATASET.TEST_TRANSFORMS", entries, size, mean, std)
+    return T.Compose([*_resize(size), ToFloat(), T.Normalize(mean, std)])
+
+
 def build_cifar(cfg, name: str, two_views: bool = False) -> DatasetSplits:
     layout = LAYOUTS[name]
     root = cfg.DATASET.ROOT
     x_tr, y_tr, x_te, y_te, names = load_cifar(root, name, cfg.DATASET.DOWNLOAD)
-    mean, std, augment = layout.mean, layout.std, cfg.DATASET.AUGMENT
-    on_device = cfg.DATASET.GPU_AUGMENT and not two_views
+    mean, std = cifar_statistics(cfg, layout)
+    size = cfg.DATASET.IMAGE_SIZE or 32
+    resize = size if size != 32 else None
+    # The batched on-device path serves the built-in pipelines; a configured list runs per sample.
+    on_device = cfg.DATASET.GPU_AUGMENT and not two_views and not cfg.DATASET.TRAIN_TRANSFORMS
+    val_on_device = cfg.DATASET.GPU_AUGMENT and not two_views and not cfg.DATASET.TEST_TRANSFORMS
     if on_device:
-        train_tf = val_tf = None
-        train_batch = BatchCropFlipNormalize(mean, std) if augment else BatchNormalize(mean, std)
-        val_batch = BatchNormalize(mean, std)
+        train_tf = None
+        train_batch = (BatchCropFlipNormalize(mean, std, size=resize) if cfg.DATASET.AUGMENT
+                       else BatchNormalize(mean, std, size=resize))
     else:
-        train_tf = cifar_train_transform(mean, std, augment)
-        if two_views:
-            train_tf = two_view_transform(train_tf, cifar_geometric(augment), mean, std)
-        val_tf, train_batch, val_batch = normalize(mean, std), None, None
+        train_tf, train_batch = _per_sample_train(cfg, size, mean, std, two_views), None
+    val_tf, val_batch = (None, BatchNormalize(mean, std, size=resize)) if val_on_device else (
+        _per_sample_val(cfg, size, mean, std), None)
     return DatasetSplits(
         train=TensorImageDataset(x_tr, y_tr, train_tf),
         val=TensorImageDataset(x_te, y_te, val_tf),
         num_classes=layout.num_classes,
         class_names=names,
-        input_size=(32, 32),
+        input_size=(size, size),
         train_batch_transform=train_batch,
         val_batch_transform=val_batch,
         info={
             "path": os.path.join(root, layout.folder),
             "train": len(y_tr),
             "test": len(y_te),
+            "image_size": size,
+            "normalize": "imagenet" if mean == IMAGENET_MEAN else name,
             "augment": "batched on device" if on_device else ("two views" if two_views else "per sample"),
         },
     )
@@ -235,5 +279,3 @@ def build_cifar100(cfg, two_views: bool = False) -> DatasetSplits:
     return build_cifar(cfg, "cifar100", two_views)
 
 
-# Never resized: DATASET.IMAGE_SIZE must be 0 or 32 (checked at load time).
-build_cifar10.fixed_image_size = build_cifar100.fixed_image_size = 32
