@@ -46,6 +46,12 @@ _C.DATASET.GPU_AUGMENT = True  # in-memory datasets: augment whole batches on th
 # 64x64 uint8 image. Two-view methods: the strong view adds RandAugment + Cutout to the list's transforms.
 _C.DATASET.TRAIN_TRANSFORMS = []  # training pipeline (above)
 _C.DATASET.TEST_TRANSFORMS = []  # evaluation pipeline (held-out split and test set)
+# held-out validation: this fraction of the training set (stratified by class, the same split for every
+# EXPERIMENT.SEED) is kept out of training and evaluated with the test transforms; the best checkpoint, the
+# plateau scheduler and early stopping follow it, and the test set is evaluated and reported apart
+# (metrics.json: val_* and test_* per epoch, best_val_acc, best_acc = test accuracy at the best val epoch).
+# 0 = no held-out split: selection follows the test set (mdistiller's practice).
+_C.DATASET.VAL_SPLIT = 0.0
 _C.DATASET.TEST = CN()
 _C.DATASET.TEST.BATCH_SIZE = 64  # evaluation batch size
 
@@ -78,10 +84,10 @@ _C.SOLVER.SCHEDULER = "multistep"  # multistep | cosine | plateau | constant
 _C.SOLVER.WARMUP_EPOCHS = 0  # linear LR warm-up from WARMUP_FACTOR*LR over these epochs
 _C.SOLVER.WARMUP_FACTOR = 0.1  # warm-up starts at WARMUP_FACTOR * LR
 _C.SOLVER.MIN_LR = 0.0  # cosine floor
-_C.SOLVER.PLATEAU_METRIC = "test_acc"  # plateau: test_acc (max) | test_loss (min)
+_C.SOLVER.PLATEAU_METRIC = "test_acc"  # plateau: test_acc (max) | test_loss (min), of the held-out split if VAL_SPLIT
 _C.SOLVER.PLATEAU_PATIENCE = 5  # plateau: epochs without improvement before the LR is cut
 _C.SOLVER.PLATEAU_FACTOR = 0.1  # plateau: LR multiplier at each cut
-_C.SOLVER.EARLY_STOP_PATIENCE = 0  # stop after N epochs without a better test_acc; 0 = off
+_C.SOLVER.EARLY_STOP_PATIENCE = 0  # stop after N epochs without a better test_acc (VAL_SPLIT: val_acc); 0 = off
 _C.SOLVER.GRAD_CLIP = 0.0  # max global grad norm; 0 = off
 # auto: at start-up kdlab picks the precision for this device, model pair and batch (by capability,
 # else a short timed trial of the real step, cached under $KDLAB_CACHE_DIR or ~/.cache/kdlab):
