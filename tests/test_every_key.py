@@ -222,7 +222,8 @@ NOT_SEEN_IN_A_DIGITS_RUN = {
     "DATASET.VARIANT": "imagenette only: picks the on-disk variant (test_data_imagenet.py)",
     "DATASET.GPU_AUGMENT": "CIFAR only: augments whole batches on the device (test_data_cifar.py)",
     "DATASET.NORMALIZE": _check_normalize,
-    "DISTILLER.TEACHER_PRETRAINED": "torchvision weights of ImageNet teachers (test_models_torchvision.py)",
+    "DISTILLER.TEACHER_PRETRAINED": "torchvision weights of ImageNet teachers (test_models_torchvision.py, "
+                                    "test_pretrained_cifar.py)",
     "SOLVER.DEVICE": _check_device,
     "SOLVER.COMPILE": _check_compile,
     "SOLVER.SKIP_NONFINITE": "acts on a NaN/Inf loss only (test_faults.py::test_skip_nonfinite_skips_the_batch)",

@@ -85,7 +85,15 @@ def build_teacher(cfg: CfgNode, splits: DatasetSplits, load_teacher_weights: boo
         return build_model(name, splits.num_classes, **kwargs)
     ckpt = cfg.DISTILLER.TEACHER_CKPT
     if not ckpt and cfg.DISTILLER.TEACHER_PRETRAINED:
-        return build_model(name, splits.num_classes, pretrained=cfg.DISTILLER.TEACHER_PRETRAINED, **kwargs)
+        teacher = build_model(name, splits.num_classes, pretrained=cfg.DISTILLER.TEACHER_PRETRAINED, **kwargs)
+        if getattr(teacher, "kdlab_new_head", None):
+            log.warning(
+                "DISTILLER.TEACHER_PRETRAINED %s has %d classes, %s has %d: the teacher's classifier is new and "
+                "untrained (its logits carry no knowledge). Fine-tune the teacher first (DISTILLER.TYPE NONE, "
+                "DISTILLER.STUDENT %s, DISTILLER.STUDENT_PRETRAINED %s) and pass its student_best as "
+                "DISTILLER.TEACHER_CKPT", cfg.DISTILLER.TEACHER_PRETRAINED, teacher.kdlab_new_head,
+                cfg.DATASET.TYPE, splits.num_classes, cfg.DISTILLER.TEACHER, cfg.DISTILLER.TEACHER_PRETRAINED)
+        return teacher
     if not ckpt and cfg.DATASET.TYPE == "imagenet":
         return build_model(name, splits.num_classes, pretrained="IMAGENET1K_V1", **kwargs)
     ckpt = ckpt or default_teacher_ckpt(cfg)
