@@ -84,3 +84,8 @@ def test_selection_plateau_and_early_stop_follow_the_held_out_split(tmp_path, mo
 
     report = markdown_report(summarize(find_runs([str(tmp_path)])))
     assert "Val best" in report and f"{best['val_acc']:.2f}" in report and "Val best is the best held-out" in report
+    # tools/eval.py on the run's config scores the test split, and student_best is the val-chosen epoch
+    from kdlab.engine.builder import evaluate_checkpoint
+
+    scored = evaluate_checkpoint(cfg, os.path.join(summary["run_dir"], "student_best"))
+    assert scored["num_samples"] == 360 and scored["top1"] == pytest.approx(best["test_acc"], abs=1e-9)

@@ -6,6 +6,7 @@ Distiller class; nothing here names a method.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
@@ -133,6 +134,8 @@ def build_everything(cfg: CfgNode, splits: DatasetSplits | None = None, load_tea
 def evaluate_checkpoint(cfg: CfgNode, ckpt: str) -> dict:
     """DISTILLER.STUDENT loaded from ckpt, scored by kdlab.evaluation on the test split (for tools/eval.py)."""
     splits = build_datasets(cfg, two_views=False)
+    if splits.test is not None:  # DATASET.VAL_SPLIT: score the test split, not the held-out training images
+        splits = dataclasses.replace(splits, val=splits.test, test=None)
     device = select_device(cfg)
     model = build_student(cfg, splits)
     load_weights(model, ckpt, what="checkpoint")
