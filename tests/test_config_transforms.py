@@ -122,3 +122,16 @@ def test_voc_list_moves_image_and_mask_together(tmp_path):
                                              "[{'Resize': [48, 48]}, {'RandomRotation': {'degrees': [45, 45]}}]"]))
     corner = rotated.train[1][1][0, 0]
     assert corner.item() == 255  # pixels rotated in are ignored, not background
+
+
+def test_two_view_methods_get_the_list_in_both_views(tmp_path):
+    write_cifar(tmp_path, "cifar10", n_train=20, n_test=10)
+    cfg = load_cfg(None, ["DATASET.TYPE", "cifar10", "DATASET.ROOT", str(tmp_path), "DATASET.IMAGE_SIZE", "48",
+                          "DATASET.TRAIN_TRANSFORMS", "[{'RandomHorizontalFlip': {'p': 1.0}}]"])
+    splits = build_datasets(cfg, two_views=True)
+    (weak, strong), _, _ = splits.train[0]
+    assert weak.shape == strong.shape == (3, 48, 48) and not torch.equal(weak, strong)  # strong adds RandAugment
+    digits = build_datasets(load_cfg(None, ["DATASET.TYPE", "digits", "DATASET.TRAIN_TRANSFORMS",
+                                            "[{'RandomHorizontalFlip': {'p': 1.0}}]"]), two_views=True)
+    (a, b), _, _ = digits.train[0]
+    assert torch.equal(a, b) and a.shape == (1, 8, 8)
