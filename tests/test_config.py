@@ -55,7 +55,7 @@ def test_two_view_trainer_with_a_one_view_method_is_refused():
     assert load_cfg(None, ["SOLVER.TRAINER", "ours", "DISTILLER.TYPE", "MLKD"]).SOLVER.TRAINER == "ours"
 
 
-@pytest.mark.parametrize("dataset, native", [("cifar10", 32), ("cifar100", 32), ("digits", 8)])
+@pytest.mark.parametrize("dataset, native", [("digits", 8)])
 def test_image_size_a_dataset_would_ignore_is_refused(dataset, native):
     for size in (0, native):
         assert load_cfg(None, ["DATASET.TYPE", dataset, "DATASET.IMAGE_SIZE", str(size)]).DATASET.IMAGE_SIZE == size
@@ -63,6 +63,14 @@ def test_image_size_a_dataset_would_ignore_is_refused(dataset, native):
                                           rf"{native}x{native}"):
         load_cfg(None, ["DATASET.TYPE", dataset, "DATASET.IMAGE_SIZE", "64"])
     assert load_cfg(None, ["DATASET.TYPE", "imagenette", "DATASET.IMAGE_SIZE", "64"]).DATASET.IMAGE_SIZE == 64
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_cifar_takes_any_image_size(dataset):
+    """CIFAR is resized to DATASET.IMAGE_SIZE (e.g. 224 for torchvision backbones); a negative size is refused."""
+    assert load_cfg(None, ["DATASET.TYPE", dataset, "DATASET.IMAGE_SIZE", "224"]).DATASET.IMAGE_SIZE == 224
+    with pytest.raises(ConfigError, match=r"DATASET\.IMAGE_SIZE -1"):
+        load_cfg(None, ["DATASET.TYPE", dataset, "DATASET.IMAGE_SIZE", "-1"])
 
 
 def test_wandb_without_the_package_is_refused(monkeypatch):

@@ -218,6 +218,22 @@ def _check_pixels(tmp_path, key):
     assert loss_kd(key, "all") > 10 * loss_kd()  # 256 pixels summed vs 192 labelled ones averaged
 
 
+def _check_normalize(tmp_path, value):
+    """digits has one channel (imagenet is refused there): on CIFAR the statistics follow the key."""
+    from fixtures_data import write_cifar
+
+    from kdlab.data.build import build_datasets
+    from kdlab.data.transforms import CIFAR10_MEAN, IMAGENET_MEAN
+
+    write_cifar(tmp_path / "cifar", "cifar10", n_train=20, n_test=10)
+    means = {}
+    for choice in ("auto", "dataset", "imagenet"):
+        cfg = load_cfg(None, ["DATASET.TYPE", "cifar10", "DATASET.ROOT", str(tmp_path / "cifar"),
+                              "DATASET.NORMALIZE", choice])
+        means[choice] = build_datasets(cfg).val_batch_transform.mean
+    assert means == {"auto": CIFAR10_MEAN, "dataset": CIFAR10_MEAN, "imagenet": IMAGENET_MEAN}
+
+
 # (a) by an explicit check, or a reason why no digits run can show the key (keep this short and honest).
 NOT_SEEN_IN_A_DIGITS_RUN = {
     "DATASET.TYPE": "picks the dataset; each builder has its own tests (test_data_*.py, test_voc.py)",
@@ -225,7 +241,9 @@ NOT_SEEN_IN_A_DIGITS_RUN = {
     "DATASET.DOWNLOAD": "fetches a missing dataset; tested with a faked downloader in test_data_cifar.py",
     "DATASET.VARIANT": "imagenette only: picks the on-disk variant (test_data_imagenet.py)",
     "DATASET.GPU_AUGMENT": "CIFAR only: augments whole batches on the device (test_data_cifar.py)",
-    "DISTILLER.TEACHER_PRETRAINED": "torchvision weights of ImageNet teachers (test_models_torchvision.py)",
+    "DATASET.NORMALIZE": _check_normalize,
+    "DISTILLER.TEACHER_PRETRAINED": "torchvision weights of ImageNet teachers (test_models_torchvision.py, "
+                                    "test_pretrained_cifar.py)",
     "SOLVER.DEVICE": _check_device,
     "SOLVER.COMPILE": _check_compile,
     "SOLVER.SKIP_NONFINITE": "acts on a NaN/Inf loss only (test_faults.py::test_skip_nonfinite_skips_the_batch)",
@@ -255,6 +273,8 @@ def _value(key: str, current, ckpts: dict):
     special = {
         "EXPERIMENT.NAME": "renamed", "EXPERIMENT.TAG": "retagged", "EXPERIMENT.PROJECT": "elsewhere",
         "DATASET.IMAGE_SIZE": 16, "DATASET.PIPELINE": "tiny_transformers",
+        "DATASET.TRAIN_TRANSFORMS": [{"RandomRotation": {"degrees": 30}}],
+        "DATASET.TEST_TRANSFORMS": [{"RandomHorizontalFlip": {"p": 1.0}}],
         "DISTILLER.TYPE": "DKD", "DISTILLER.STUDENT": "digits_teacher",
         "DISTILLER.TEACHER": ("digits_student", {"DISTILLER.TEACHER_CKPT": ckpts["student"]}),
         "DISTILLER.TEACHER_CKPT": ckpts["teacher2"], "DISTILLER.STUDENT_PRETRAINED": ckpts["student"],

@@ -126,13 +126,47 @@ def test_weights_name_loads_cached_file_then_swaps_head(weights_name):
     assert logits.shape == (1, 10) and feats["pooled_feat"].shape == (1, 576)
 
 
-def test_missing_cached_weights_name_the_file_url_and_folder():
+def test_missing_cached_weights_name_the_file_url_and_folder(monkeypatch):
+    monkeypatch.setenv("KDLAB_OFFLINE", "1")
     weights = get_model_weights("resnet50").DEFAULT
     with pytest.raises(CheckpointError) as info:
         build_model("resnet50", num_classes=10, pretrained="DEFAULT")
     message = str(info.value)
     assert "resnet50-11ad3fa6.pth" in message and weights.url in message
-    assert os.path.join(torch.hub.get_dir(), "checkpoints") in message
+    assert os.path.join(torch.hub.get_dir(), "checkpoints") in message and "KDLAB_OFFLINE is set" in message
+
+
+def test_missing_weights_are_downloaded_into_the_hub_cache_with_a_progress_bar(monkeypatch):
+    """Not offline: torchvision's file is fetched (faked here) into the cache under its own name, hash-checked."""
+    calls = []
+    state = torchvision.models.get_model("resnet18").state_dict()
+
+    def fake_download(url, dst, hash_prefix=None, progress=True):
+        calls.append((url, dst, hash_prefix, progress))
+        torch.save(state, dst)
+
+    monkeypatch.delenv("KDLAB_OFFLINE", raising=False)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    weights = get_model_weights("resnet18").IMAGENET1K_V1
+    model = build_model("resnet18", num_classes=10, pretrained="IMAGENET1K_V1")
+    path = cached_weights_path(weights)
+    assert calls == [(weights.url, path, "f37072fd", True)] and os.path.isfile(path)
+    assert torch.equal(model.conv1.weight, state["conv1.weight"]) and model.fc.weight.shape == (10, 512)
+    build_model("resnet18", num_classes=10, pretrained="IMAGENET1K_V1")
+    assert len(calls) == 1  # the second build reads the cache
+
+
+def test_failed_download_says_what_to_fetch_where(monkeypatch):
+    from urllib.error import URLError
+
+    def no_network(url, dst, hash_prefix=None, progress=True):
+        raise URLError("no route to host")
+
+    monkeypatch.delenv("KDLAB_OFFLINE", raising=False)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    with pytest.raises(CheckpointError, match=r"could not download .*resnet18-f37072fd\.pth.*no route to host.*"
+                                              r"save it as resnet18-f37072fd\.pth in "):
+        build_model("resnet18", num_classes=10, pretrained="IMAGENET1K_V1")
 
 
 def test_unknown_weights_name_lists_the_known_ones():

@@ -173,6 +173,7 @@ def test_pretrained_file_loads_drops_aux_head_and_replaces_classes(tmp_path):
 
 def test_missing_torchvision_weights_name_the_file_to_download(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("KDLAB_OFFLINE", "1")  # offline: the error names the file instead of downloading
     with pytest.raises(CheckpointError) as exc:
         build_model("lraspp_mobilenet_v3_large", 21, pretrained="COCO_WITH_VOC_LABELS_V1")
     message = str(exc.value)

@@ -27,11 +27,34 @@ _C.DATASET.DOWNLOAD = False  # download when missing (never by default)
 _C.DATASET.NUM_WORKERS = 2  # DataLoader worker processes (0 = load in the main process)
 _C.DATASET.VARIANT = ""  # imagenette: imagenette2 | imagenette2-320 | imagenette2-160
 _C.DATASET.IMAGE_SIZE = 0  # training resolution; 0 = the dataset's default
+# statistics of the final normalization: dataset (its own) | imagenet | auto = imagenet for CIFAR resized to an
+# IMAGE_SIZE other than 32 (torchvision ImageNet backbones), else dataset. ImageNet/Imagenette/VOC use ImageNet's
+# either way; digits takes dataset (one channel) only.
+_C.DATASET.NORMALIZE = "auto"
 _C.DATASET.AUGMENT = True  # training augmentation on/off
 # "" = the dataset's own transforms | tiny_transformers (CIFAR): the LS repo's ViT pipeline, resized to
 # IMAGE_SIZE (0 = 32), timm's strong augmentation (RandAugment, random erasing), ImageNet mean/std
 _C.DATASET.PIPELINE = ""
 _C.DATASET.GPU_AUGMENT = True  # in-memory datasets: augment whole batches on the device
+# torchvision.transforms.v2 pipelines (kdlab/data/config_transforms.py): a list of names or one-key mappings
+# {Name: {argument: value}}, e.g. [RandomHorizontalFlip, {ColorJitter: {brightness: 0.4}}]; on the command line
+# "['RandomHorizontalFlip', {'ColorJitter': {'brightness': 0.4}}]". Empty = the dataset's built-in pipeline.
+# A non-empty list replaces the built-in augmentation (TEST: the evaluation resizing); kdlab then resizes to
+# the working size where the list left another size, converts to float and normalizes. Per dataset:
+# cifar10/100: per-sample path on uint8 tensors instead of the batched on-device one (GPU_AUGMENT applies to
+# the other list, if that one is empty); digits: on the 1x8x8 float image in [0, 1] before standardization
+# (geometric transforms and brightness/contrast only: one channel); imagenet/imagenette: on the decoded uint8
+# image (mind the size: add RandomResizedCrop/Resize, else FitSize squashes it); voc: jointly on image and mask
+# (mask nearest-neighbour, padded/rotated-in mask pixels 255 unless the entry sets fill); tiny_imagenet: on the
+# 64x64 uint8 image. Two-view methods: the strong view adds RandAugment + Cutout to the list's transforms.
+_C.DATASET.TRAIN_TRANSFORMS = []  # training pipeline (above)
+_C.DATASET.TEST_TRANSFORMS = []  # evaluation pipeline (held-out split and test set)
+# held-out validation: this fraction of the training set (stratified by class, the same split for every
+# EXPERIMENT.SEED) is kept out of training and evaluated with the test transforms; the best checkpoint, the
+# plateau scheduler and early stopping follow it, and the test set is evaluated and reported apart
+# (metrics.json: val_* and test_* per epoch, best_val_acc, best_acc = test accuracy at the best val epoch).
+# 0 = no held-out split: selection follows the test set (mdistiller's practice).
+_C.DATASET.VAL_SPLIT = 0.0
 _C.DATASET.TEST = CN()
 _C.DATASET.TEST.BATCH_SIZE = 64  # evaluation batch size
 
@@ -65,10 +88,10 @@ _C.SOLVER.SCHEDULER = "multistep"  # multistep | cosine | cosine_timm (cosine ov
 _C.SOLVER.WARMUP_EPOCHS = 0  # linear LR warm-up from WARMUP_FACTOR*LR over these epochs
 _C.SOLVER.WARMUP_FACTOR = 0.1  # warm-up starts at WARMUP_FACTOR * LR
 _C.SOLVER.MIN_LR = 0.0  # cosine floor
-_C.SOLVER.PLATEAU_METRIC = "test_acc"  # plateau: test_acc (max) | test_loss (min)
+_C.SOLVER.PLATEAU_METRIC = "test_acc"  # plateau: test_acc (max) | test_loss (min), of the held-out split if VAL_SPLIT
 _C.SOLVER.PLATEAU_PATIENCE = 5  # plateau: epochs without improvement before the LR is cut
 _C.SOLVER.PLATEAU_FACTOR = 0.1  # plateau: LR multiplier at each cut
-_C.SOLVER.EARLY_STOP_PATIENCE = 0  # stop after N epochs without a better test_acc; 0 = off
+_C.SOLVER.EARLY_STOP_PATIENCE = 0  # stop after N epochs without a better test_acc (VAL_SPLIT: val_acc); 0 = off
 _C.SOLVER.GRAD_CLIP = 0.0  # max global grad norm; 0 = off
 # auto: at start-up kdlab picks the precision for this device, model pair and batch (by capability,
 # else a short timed trial of the real step, cached under $KDLAB_CACHE_DIR or ~/.cache/kdlab):

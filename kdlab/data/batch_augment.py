@@ -29,10 +29,14 @@ import torch
 
 
 class BatchNormalize:
-    """uint8 batch -> (x / 255 - mean) / std in float32; the generator is ignored."""
+    """uint8 batch -> (x / 255 - mean) / std in float32, resized to size x size if given; the generator is ignored.
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+    The resize is bilinear (antialiased when shrinking) on the normalized batch, on the device.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], size: Optional[int] = None) -> None:
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        self.size = size
         self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _mean_std(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,7 +53,13 @@ class BatchNormalize:
             raise TypeError(f"expected a uint8 image batch, got {batch.dtype}")
         mean, std = self._mean_std(batch.device)
         # Same operations in the same order as ToTensor + Normalize, so results match exactly.
-        return batch.to(torch.float32).div_(255).sub_(mean).div_(std).contiguous()
+        out = batch.to(torch.float32).div_(255).sub_(mean).div_(std).contiguous()
+        h, w = out.shape[-2:]
+        if self.size and (h, w) != (self.size, self.size):
+            out = torch.nn.functional.interpolate(
+                out, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=self.size < h
+            ).contiguous()
+        return out
 
     def __call__(self, batch: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         return self.normalize(batch)
@@ -58,16 +68,17 @@ class BatchNormalize:
         return {**self.__dict__, "_stats": {}}  # no device tensors in pickles
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(mean={self.mean}, std={self.std})"
+        return f"{type(self).__name__}(mean={self.mean}, std={self.std}, size={self.size})"
 
 
 class BatchCropFlipNormalize(BatchNormalize):
     """Random crop with zero padding + horizontal flip + normalize, for a whole uint8 batch."""
 
     def __init__(
-        self, mean: Sequence[float], std: Sequence[float], padding: int = 4, flip: bool = True
+        self, mean: Sequence[float], std: Sequence[float], padding: int = 4, flip: bool = True,
+        size: Optional[int] = None,
     ) -> None:
-        super().__init__(mean, std)
+        super().__init__(mean, std, size)
         self.padding, self.flip = padding, flip
 
     def sample_params(
@@ -107,7 +118,7 @@ class BatchCropFlipNormalize(BatchNormalize):
         return self.normalize(self.crop_flip(batch, top, left, flip))
 
     def __repr__(self) -> str:
-        args = f"padding={self.padding}, flip={self.flip}, mean={self.mean}, std={self.std}"
+        args = f"padding={self.padding}, flip={self.flip}, mean={self.mean}, std={self.std}, size={self.size}"
         return f"BatchCropFlipNormalize({args})"
 
 

@@ -8,7 +8,9 @@ class declares `two_views`, e.g. MLKD) the training image is a tuple `(weak, str
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
 import torch
@@ -21,6 +23,7 @@ from kdlab.errors import ConfigError, UnknownNameError
 from kdlab.registry import Registry
 
 DATASETS = Registry("dataset")
+VAL_SPLIT_SEED = 0  # the held-out split is the same for every EXPERIMENT.SEED, so runs select on the same images
 hooks.register_names("DATASET.TYPE", DATASETS.names)
 
 
@@ -64,11 +67,68 @@ class DatasetSplits:
     train_batch_transform: Optional[Callable] = None
     val_batch_transform: Optional[Callable] = None
     info: dict = field(default_factory=dict)  # e.g. which on-disk variant was used
+    # With DATASET.VAL_SPLIT > 0: `val` is the held-out part of the training set (model selection) and
+    # `test` the dataset's test split, evaluated and reported apart. None otherwise (`val` is the test split).
+    test: Optional[Dataset] = None
+
+
+class IndexedSubset(Dataset):
+    """The items of `dataset` at `indices`, re-indexed 0..len-1 (memory-bank methods index by position)."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int]) -> None:
+        self.dataset, self.indices = dataset, list(indices)
+        targets = getattr(dataset, "targets", None)
+        if targets is not None:
+            self.targets = [int(targets[i]) for i in self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        image, target, _ = self.dataset[self.indices[index]]
+        return image, target, index
+
+
+def held_out_indices(n: int, fraction: float, targets=None) -> tuple[list[int], list[int]]:
+    """(train, held-out) indices: a stratified (when targets are given) fraction, fixed by VAL_SPLIT_SEED."""
+    from sklearn.model_selection import train_test_split
+
+    try:
+        train, held = train_test_split(list(range(n)), test_size=fraction, random_state=VAL_SPLIT_SEED,
+                                       stratify=None if targets is None else list(targets))
+    except ValueError as exc:
+        raise ConfigError(f"DATASET.VAL_SPLIT {fraction}: cannot hold out that fraction of {n} training "
+                          f"samples ({exc}); use a larger fraction or 0") from None
+    return sorted(train), sorted(held)
+
+
+def split_off_validation(splits: DatasetSplits, fraction: float) -> DatasetSplits:
+    """Hold out `fraction` of the training set, seen through the evaluation transform; the test split moves to test."""
+    targets = getattr(splits.train, "targets", None) if splits.task == "classification" else None
+    train_idx, held_idx = held_out_indices(len(splits.train), fraction, targets)
+    held = copy.copy(splits.train)  # the same images, evaluated as the test split is
+    held.transform = getattr(splits.val, "transform", None)
+    info = {**splits.info, "val_split": {"fraction": fraction, "train": len(train_idx), "val": len(held_idx),
+                                         "stratified": targets is not None, "seed": VAL_SPLIT_SEED}}
+    return replace(splits, train=IndexedSubset(splits.train, train_idx), val=IndexedSubset(held, held_idx),
+                   test=splits.val, info=info)
 
 
 def build_datasets(cfg: CfgNode, two_views: bool = False) -> DatasetSplits:
     """Build the configured dataset's train/val splits (no loaders); two_views: (weak, strong) training images."""
-    return DATASETS.get(cfg.DATASET.TYPE)(cfg, two_views=two_views)
+    splits = DATASETS.get(cfg.DATASET.TYPE)(cfg, two_views=two_views)
+    if cfg.DATASET.VAL_SPLIT > 0:
+        splits = split_off_validation(splits, cfg.DATASET.VAL_SPLIT)
+    return splits
+
+
+def check_val_split(cfg: CfgNode) -> None:
+    if not 0.0 <= cfg.DATASET.VAL_SPLIT < 1.0:
+        raise ConfigError(f"DATASET.VAL_SPLIT must be a fraction in [0, 1) of the training set, "
+                          f"got {cfg.DATASET.VAL_SPLIT}")
+
+
+hooks.register_validator(check_val_split)
 
 
 def build_dataloaders(
@@ -102,10 +162,14 @@ def build_dataloaders(
     train_loader = DataLoader(
         train_set, batch_size=per_rank, sampler=sampler, drop_last=False, generator=generator, **common
     )
-    val_sampler = ResumableSampler(len(splits.val), seed=seed, shuffle=False, rank=rank, world_size=world_size, pad=False)
-    val_loader = DataLoader(
-        splits.val, batch_size=max(1, cfg.DATASET.TEST.BATCH_SIZE // world_size), sampler=val_sampler, **common
-    )
+    def eval_loader(dataset: Dataset) -> DataLoader:
+        sampler = ResumableSampler(len(dataset), seed=seed, shuffle=False, rank=rank, world_size=world_size, pad=False)
+        return DataLoader(dataset, batch_size=max(1, cfg.DATASET.TEST.BATCH_SIZE // world_size), sampler=sampler,
+                          **common)
+
+    val_loader = eval_loader(splits.val)
     train_loader.splits = splits  # type: ignore[attr-defined]
     val_loader.splits = splits  # type: ignore[attr-defined]
+    # the test split, when val_loader holds the held-out part of the training set (DATASET.VAL_SPLIT)
+    val_loader.test_loader = eval_loader(splits.test) if splits.test is not None else None  # type: ignore[attr-defined]
     return train_loader, val_loader, splits.num_classes

@@ -18,7 +18,12 @@ timm's strong augmentation, ImageNet mean/std, per sample). With DATASET.GPU_AUG
 the raw uint8 (3, 32, 32) tensors and `DatasetSplits.train_batch_transform` /
 `val_batch_transform` (kdlab.data.batch_augment) augment and normalize whole batches on the
 training device; otherwise (or for two views: (weak, strong) per sample) items are float,
-already normalized.
+already normalized. A DATASET.TRAIN_TRANSFORMS / TEST_TRANSFORMS list (kdlab.data.config_transforms)
+replaces the built-in pipeline of its split and runs per sample on the uint8 tensors.
+
+DATASET.IMAGE_SIZE other than 0/32 resizes (bilinear) after the augmentation: on the device in
+the batched path, per sample otherwise. DATASET.NORMALIZE auto then uses ImageNet's statistics
+(what torchvision's ImageNet backbones and weights expect), else CIFAR's.
 """
 
 from __future__ import annotations
@@ -35,14 +40,18 @@ from kdlab.data.batch_augment import BatchCropFlipNormalize, BatchNormalize
 from kdlab.data.build import DATASETS, DatasetSplits
 from kdlab.data.digits import TensorImageDataset
 from kdlab.data.safe_pickle import load_pickle
+from torchvision import transforms as T
+
+from kdlab.data.config_transforms import FitSize, build_transforms, config_pipeline
 from kdlab.data.transforms import (
     CIFAR10_MEAN,
     CIFAR10_STD,
     CIFAR100_MEAN,
     CIFAR100_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ToFloat,
     cifar_geometric,
-    cifar_train_transform,
-    normalize,
     two_view_transform,
     vit_train_transform,
     vit_val_transform,
@@ -198,27 +207,63 @@ def load_cifar(root: str, name: str = "cifar100", download: bool = False):
     return images(x_train), torch.from_numpy(y_train), images(x_test), torch.from_numpy(y_test), names
 
 
+def cifar_statistics(cfg, layout: CifarLayout) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per DATASET.NORMALIZE: auto = ImageNet's at a resized IMAGE_SIZE (torchvision backbones)."""
+    choice = cfg.DATASET.NORMALIZE
+    if choice == "auto":
+        choice = "imagenet" if cfg.DATASET.IMAGE_SIZE not in (0, 32) else "dataset"
+    return (IMAGENET_MEAN, IMAGENET_STD) if choice == "imagenet" else (layout.mean, layout.std)
+
+
+def _resize(size: int) -> list:
+    return [T.Resize((size, size), antialias=True)] if size != 32 else []
+
+
+def _per_sample_train(cfg, size: int, mean, std, two_views: bool):
+    entries = cfg.DATASET.TRAIN_TRANSFORMS
+    if entries:
+        train_tf = config_pipeline("DATASET.TRAIN_TRANSFORMS", entries, size, mean, std)
+        geometric = [*build_transforms("DATASET.TRAIN_TRANSFORMS", entries), FitSize(size)]
+    else:
+        geometric = [*cifar_geometric(cfg.DATASET.AUGMENT), *_resize(size)]
+        train_tf = T.Compose([*geometric, ToFloat(), T.Normalize(mean, std)])
+    return two_view_transform(train_tf, geometric, mean, std) if two_views else train_tf
+
+
+def _per_sample_val(cfg, size: int, mean, std):
+    entries = cfg.DATASET.TEST_TRANSFORMS
+    if entries:
+        return config_pipeline("DATASET.TEST_TRANSFORMS", entries, size, mean, std)
+    return T.Compose([*_resize(size), ToFloat(), T.Normalize(mean, std)])
+
+
 def build_cifar(cfg, name: str, two_views: bool = False) -> DatasetSplits:
     layout = LAYOUTS[name]
     root = cfg.DATASET.ROOT
     x_tr, y_tr, x_te, y_te, names = load_cifar(root, name, cfg.DATASET.DOWNLOAD)
-    mean, std, augment = layout.mean, layout.std, cfg.DATASET.AUGMENT
+    mean, std = cifar_statistics(cfg, layout)
     size = cfg.DATASET.IMAGE_SIZE or 32
+    resize = size if size != 32 else None
     vit = cfg.DATASET.PIPELINE == "tiny_transformers"
-    if vit and two_views:
-        raise ConfigError("DATASET.PIPELINE tiny_transformers: two-view methods take CIFAR's own pipeline; set it to ''")
-    on_device = cfg.DATASET.GPU_AUGMENT and not two_views and not vit
-    if vit:  # tiny-transformers' ViT pipeline (per sample, on the CPU workers)
-        train_tf, val_tf, train_batch, val_batch = vit_train_transform(size, augment), vit_val_transform(size), None, None
+    if vit and (two_views or cfg.DATASET.TRAIN_TRANSFORMS or cfg.DATASET.TEST_TRANSFORMS):
+        raise ConfigError("DATASET.PIPELINE tiny_transformers is its own pipeline: it takes neither two-view methods "
+                          "nor DATASET.TRAIN_TRANSFORMS / TEST_TRANSFORMS; set it to '' to use those")
+    # The batched on-device path serves the built-in pipelines; a configured list runs per sample.
+    on_device = cfg.DATASET.GPU_AUGMENT and not two_views and not cfg.DATASET.TRAIN_TRANSFORMS and not vit
+    val_on_device = cfg.DATASET.GPU_AUGMENT and not two_views and not cfg.DATASET.TEST_TRANSFORMS and not vit
+    if vit:  # tiny-transformers' ViT pipeline (per sample, on the CPU workers, ImageNet statistics)
+        train_tf, train_batch = vit_train_transform(size, cfg.DATASET.AUGMENT), None
     elif on_device:
-        train_tf = val_tf = None
-        train_batch = BatchCropFlipNormalize(mean, std) if augment else BatchNormalize(mean, std)
-        val_batch = BatchNormalize(mean, std)
+        train_tf = None
+        train_batch = (BatchCropFlipNormalize(mean, std, size=resize) if cfg.DATASET.AUGMENT
+                       else BatchNormalize(mean, std, size=resize))
     else:
-        train_tf = cifar_train_transform(mean, std, augment)
-        if two_views:
-            train_tf = two_view_transform(train_tf, cifar_geometric(augment), mean, std)
-        val_tf, train_batch, val_batch = normalize(mean, std), None, None
+        train_tf, train_batch = _per_sample_train(cfg, size, mean, std, two_views), None
+    if vit:
+        val_tf, val_batch = vit_val_transform(size), None
+    else:
+        val_tf, val_batch = (None, BatchNormalize(mean, std, size=resize)) if val_on_device else (
+            _per_sample_val(cfg, size, mean, std), None)
     return DatasetSplits(
         train=TensorImageDataset(x_tr, y_tr, train_tf),
         val=TensorImageDataset(x_te, y_te, val_tf),
@@ -231,8 +276,9 @@ def build_cifar(cfg, name: str, two_views: bool = False) -> DatasetSplits:
             "path": os.path.join(root, layout.folder),
             "train": len(y_tr),
             "test": len(y_te),
-            "augment": "batched on device" if on_device else ("two views" if two_views else "per sample"),
             "image_size": size,
+            "normalize": "imagenet" if vit or mean == IMAGENET_MEAN else name,
+            "augment": "batched on device" if on_device else ("two views" if two_views else "per sample"),
         },
     )
 
@@ -247,8 +293,7 @@ def build_cifar100(cfg, two_views: bool = False) -> DatasetSplits:
     return build_cifar(cfg, "cifar100", two_views)
 
 
-# DATASET.IMAGE_SIZE must be 0 or 32 (checked at load time), unless DATASET.PIPELINE is tiny_transformers.
-build_cifar10.fixed_image_size = build_cifar100.fixed_image_size = 32
+# DATASET.PIPELINE tiny_transformers: the ViT pipeline of logit-standardization-KD's tiny-transformers code.
 build_cifar10.resizing_pipelines = build_cifar100.resizing_pipelines = ("tiny_transformers",)
 
 

@@ -3,7 +3,8 @@
 Split: 80 % train / 20 % test, stratified, `train_test_split(random_state=0)` -- fixed,
 independent of EXPERIMENT.SEED, so every run is evaluated on the same 360 images.
 Images are 1x8x8 float tensors, pixel values /16 then standardized with the training
-set's mean and std.
+set's mean and std. A DATASET.TRAIN_TRANSFORMS / TEST_TRANSFORMS list runs on the [0, 1]
+image before that standardization (and replaces the built-in 1-pixel shift for training).
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ import functools
 
 import torch
 from torch.utils.data import Dataset
+from torchvision.transforms import v2
 
 from kdlab.data.build import DATASETS, DatasetSplits
+from kdlab.data.config_transforms import config_pipeline
+from kdlab.data.transforms import TwoViews
 
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2
@@ -43,8 +47,8 @@ def random_shift(image: torch.Tensor, pad: int = 1, fill: float = 0.0) -> torch.
     return padded[..., i : i + h, j : j + w]
 
 
-def load_digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Return (x_train, y_train, x_test, y_test) as float32 N x 1 x 8 x 8 and int64 tensors."""
+def load_digits_raw() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_train, y_train, x_test, y_test): float32 N x 1 x 8 x 8 images in [0, 1] (pixel / 16), int64 targets."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -54,9 +58,14 @@ def load_digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch
     x_tr, x_te, y_tr, y_te = train_test_split(
         x, y, test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=y
     )
-    x_tr, x_te = torch.from_numpy(x_tr)[:, None], torch.from_numpy(x_te)[:, None]
+    return torch.from_numpy(x_tr)[:, None], torch.from_numpy(y_tr), torch.from_numpy(x_te)[:, None], torch.from_numpy(y_te)
+
+
+def load_digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return (x_train, y_train, x_test, y_test) as float32 N x 1 x 8 x 8 and int64 tensors."""
+    x_tr, y_tr, x_te, y_te = load_digits_raw()
     mean, std = x_tr.mean(), x_tr.std()
-    return (x_tr - mean) / std, torch.from_numpy(y_tr), (x_te - mean) / std, torch.from_numpy(y_te)
+    return (x_tr - mean) / std, y_tr, (x_te - mean) / std, y_te
 
 
 class DigitsTwoViews:
@@ -89,16 +98,37 @@ def _identity_views(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return image, image
 
 
+def _configured(key: str, entries, two_views: bool, mean: float, std: float):
+    """A DATASET.*_TRANSFORMS list on the [0, 1] image, then standardization (both views alike for two views)."""
+    tf = config_pipeline(key, entries, 8, [mean], [std])
+    return TwoViews(tf, tf) if two_views else tf
+
+
 @DATASETS.register("digits")
 def build_digits(cfg, two_views: bool = False) -> DatasetSplits:
-    x_tr, y_tr, x_te, y_te = load_digits_split()
+    train_list, test_list = cfg.DATASET.TRAIN_TRANSFORMS, cfg.DATASET.TEST_TRANSFORMS
+    if train_list or test_list:  # the lists see [0, 1] pixels; each split is standardized at the end
+        raw_tr, y_tr, raw_te, y_te = load_digits_raw()
+        mean, std = raw_tr.mean().item(), raw_tr.std().item()
+        x_tr, x_te = (raw_tr - mean) / std, (raw_te - mean) / std
+    else:
+        x_tr, y_tr, x_te, y_te = load_digits_split()
     background = float(x_tr.min())  # raw 0 is the smallest standardized pixel value
     train_tf = functools.partial(random_shift, pad=1, fill=background) if cfg.DATASET.AUGMENT else None
     if two_views:  # without DATASET.AUGMENT both views are the unaugmented image
         train_tf = DigitsTwoViews(background=background) if cfg.DATASET.AUGMENT else _identity_views
+    val_tf = None
+    if train_list or test_list:  # both splits keep [0, 1] pixels (a held-out split takes the test pipeline)
+        standardize = config_pipeline("DATASET.TEST_TRANSFORMS", [], 8, [mean], [std])
+        x_tr, x_te, val_tf = raw_tr, raw_te, standardize
+        train_tf = v2.Compose([standardize, train_tf]) if train_tf is not None else standardize
+    if train_list:
+        train_tf = _configured("DATASET.TRAIN_TRANSFORMS", train_list, two_views, mean, std)
+    if test_list:
+        val_tf = _configured("DATASET.TEST_TRANSFORMS", test_list, False, mean, std)
     return DatasetSplits(
         train=TensorImageDataset(x_tr, y_tr, train_tf),
-        val=TensorImageDataset(x_te, y_te),
+        val=TensorImageDataset(x_te, y_te, val_tf),
         num_classes=10,
         class_names=[str(i) for i in range(10)],
         in_channels=1,

@@ -22,7 +22,9 @@ decode raises DatasetFormatError naming it.
 Transforms (mdistiller's): train RandomResizedCrop(size) + RandomHorizontalFlip + normalize;
 val Resize(size / 0.875) + CenterCrop(size) + normalize (256 / 224 at the default size).
 They run on uint8 tensors (antialiased resize), so results are close to, not bit-equal with,
-the PIL pipeline. DATASET.GPU_AUGMENT does not apply to these on-disk datasets.
+the PIL pipeline. DATASET.GPU_AUGMENT does not apply to these on-disk datasets. A
+DATASET.TRAIN_TRANSFORMS / TEST_TRANSFORMS list replaces the split's pipeline (then FitSize to
+the working size and normalize: kdlab.data.config_transforms).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ except ImportError:  # pragma: no cover
     decode_jpeg = None
 
 from kdlab.data.build import DATASETS, DatasetSplits
+from kdlab.data.config_transforms import FitSize, build_transforms, config_pipeline
 from kdlab.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -184,14 +187,18 @@ def build_image_folder(
     cfg, path: str, size: int, class_names: Callable[[list[str]], list[str]], two_views: bool, info: dict
 ) -> DatasetSplits:
     """Train/val ImageFolderDatasets under path with mdistiller's ImageNet transforms at `size`."""
-    augment = cfg.DATASET.AUGMENT
-    train_tf = imagenet_train_transform(size, augment=augment)
+    augment, train_list, test_list = cfg.DATASET.AUGMENT, cfg.DATASET.TRAIN_TRANSFORMS, cfg.DATASET.TEST_TRANSFORMS
+    if train_list:
+        train_tf = config_pipeline("DATASET.TRAIN_TRANSFORMS", train_list, size, IMAGENET_MEAN, IMAGENET_STD)
+        geometric = [*build_transforms("DATASET.TRAIN_TRANSFORMS", train_list), FitSize(size)]
+    else:
+        train_tf, geometric = imagenet_train_transform(size, augment=augment), imagenet_geometric(size, augment)
     if two_views:
-        train_tf = two_view_transform(
-            train_tf, imagenet_geometric(size, augment), IMAGENET_MEAN, IMAGENET_STD
-        )
+        train_tf = two_view_transform(train_tf, geometric, IMAGENET_MEAN, IMAGENET_STD)
+    val_tf = (config_pipeline("DATASET.TEST_TRANSFORMS", test_list, size, IMAGENET_MEAN, IMAGENET_STD)
+              if test_list else imagenet_val_transform(size))
     train = ImageFolderDataset(os.path.join(path, "train"), train_tf)
-    val = ImageFolderDataset(os.path.join(path, "val"), imagenet_val_transform(size), classes=train.classes)
+    val = ImageFolderDataset(os.path.join(path, "val"), val_tf, classes=train.classes)
     return DatasetSplits(
         train=train,
         val=val,

@@ -18,7 +18,8 @@ Every image must be 64x64 (the dataset's size; nothing is resized), grey ones be
 Transforms (mdistiller's `dataset/tiny_imagenet.py`): train RandomRotation(20) +
 RandomHorizontalFlip + normalize with Tiny-ImageNet's statistics; val normalize only. Two-view
 methods get the strong view of kdlab.data.transforms on the same geometric augmentation.
-DATASET.DOWNLOAD True fetches and unpacks the official zip (248 MB) when the folder is missing.
+A DATASET.TRAIN_TRANSFORMS / TEST_TRANSFORMS list replaces the split's augmentation (kdlab.data.config_transforms);
+DATASET.NORMALIZE imagenet swaps in ImageNet's statistics. DATASET.DOWNLOAD True fetches and unpacks the official zip (248 MB) when the folder is missing.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from torchvision import transforms as T
 
 from kdlab.data.build import DATASETS, DatasetSplits
 from kdlab.data.imagenet import _is_image, decode_image
-from kdlab.data.transforms import ToFloat, two_view_transform
+from kdlab.data.config_transforms import FitSize, build_transforms, config_pipeline
+from kdlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ToFloat, two_view_transform
 from kdlab.errors import DatasetFormatError, DatasetNotFoundError
 
 log = logging.getLogger("kdlab")
@@ -55,10 +57,6 @@ LAYOUT = (
 def tiny_imagenet_geometric(augment: bool = True) -> list:
     """mdistiller's Tiny-ImageNet augmentation: RandomRotation(20) + RandomHorizontalFlip."""
     return [T.RandomRotation(20), T.RandomHorizontalFlip(0.5)] if augment else []
-
-
-def _normalize() -> list:
-    return [ToFloat(), T.Normalize(TINY_IMAGENET_MEAN, TINY_IMAGENET_STD)]
 
 
 def find_folder(root: str) -> Optional[str]:
@@ -187,12 +185,20 @@ def build_tiny_imagenet(cfg, two_views: bool = False) -> DatasetSplits:
     if folder is None:
         raise _missing(root, f"no {os.path.join(root, FOLDER, 'wnids.txt')}")
     wnids = read_wnids(folder)
-    geometric = tiny_imagenet_geometric(cfg.DATASET.AUGMENT)
-    train_tf = T.Compose([*geometric, *_normalize()])
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if cfg.DATASET.NORMALIZE == "imagenet" else (
+        TINY_IMAGENET_MEAN, TINY_IMAGENET_STD)
+    train_list, test_list = cfg.DATASET.TRAIN_TRANSFORMS, cfg.DATASET.TEST_TRANSFORMS
+    if train_list:
+        geometric = [*build_transforms("DATASET.TRAIN_TRANSFORMS", train_list), FitSize(IMAGE_SIZE)]
+    else:
+        geometric = tiny_imagenet_geometric(cfg.DATASET.AUGMENT)
+    train_tf = T.Compose([*geometric, ToFloat(), T.Normalize(mean, std)])
     if two_views:
-        train_tf = two_view_transform(train_tf, geometric, TINY_IMAGENET_MEAN, TINY_IMAGENET_STD)
+        train_tf = two_view_transform(train_tf, geometric, mean, std)
+    val_tf = (config_pipeline("DATASET.TEST_TRANSFORMS", test_list, IMAGE_SIZE, mean, std) if test_list
+              else T.Compose([ToFloat(), T.Normalize(mean, std)]))
     train = TinyImageNetDataset(train_samples(folder, wnids), train_tf)
-    val = TinyImageNetDataset(val_samples(folder, wnids), T.Compose(_normalize()))
+    val = TinyImageNetDataset(val_samples(folder, wnids), val_tf)
     return DatasetSplits(
         train=train,
         val=val,

@@ -21,6 +21,10 @@ resized with nearest-neighbour and padded with 255). S = DATASET.IMAGE_SIZE, def
   normalize. Deterministic; batches have one shape. mIoU is therefore measured at the working
   resolution S, not at each image's original size (padding is ignored, it is labelled 255).
 
+A DATASET.TRAIN_TRANSFORMS / TEST_TRANSFORMS list replaces a split's pipeline and runs jointly on image
+and mask (kdlab.data.config_transforms; mask pixels padded or rotated in are 255 unless an entry sets fill),
+then a resize to S x S where the list left another size, and normalize.
+
 Items are (image float 3 x S x S, mask int64 S x S, index). A file that is missing or corrupt,
 or a mask whose size differs from its image, raises a DatasetFormatError naming the file.
 """
@@ -39,6 +43,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from kdlab.data.build import DATASETS, DatasetSplits
+from kdlab.data.config_transforms import config_pipeline
 from kdlab.data.imagenet import decode_image
 from kdlab.constants import IGNORE_INDEX
 from kdlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -201,8 +206,13 @@ def build_voc(cfg, two_views: bool = False) -> DatasetSplits:
         )
     paths = locate_voc(cfg.DATASET.ROOT, cfg.DATASET.DOWNLOAD)
     size = cfg.DATASET.IMAGE_SIZE or DEFAULT_IMAGE_SIZE
-    train = VOCSegmentationDataset(read_split(paths, "train"), voc_train_transform(size, cfg.DATASET.AUGMENT))
-    val = VOCSegmentationDataset(read_split(paths, "val"), voc_val_transform(size))
+    train_list, test_list = cfg.DATASET.TRAIN_TRANSFORMS, cfg.DATASET.TEST_TRANSFORMS
+    train_tf = (config_pipeline("DATASET.TRAIN_TRANSFORMS", train_list, size, IMAGENET_MEAN, IMAGENET_STD,
+                                mask_fill=IGNORE_INDEX) if train_list else voc_train_transform(size, cfg.DATASET.AUGMENT))
+    val_tf = (config_pipeline("DATASET.TEST_TRANSFORMS", test_list, size, IMAGENET_MEAN, IMAGENET_STD,
+                              mask_fill=IGNORE_INDEX) if test_list else voc_val_transform(size))
+    train = VOCSegmentationDataset(read_split(paths, "train"), train_tf)
+    val = VOCSegmentationDataset(read_split(paths, "val"), val_tf)
     return DatasetSplits(
         train=train,
         val=val,

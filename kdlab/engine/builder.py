@@ -6,6 +6,7 @@ Distiller class; nothing here names a method.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
@@ -85,7 +86,15 @@ def build_teacher(cfg: CfgNode, splits: DatasetSplits, load_teacher_weights: boo
         return build_model(name, splits.num_classes, **kwargs)
     ckpt = cfg.DISTILLER.TEACHER_CKPT
     if not ckpt and cfg.DISTILLER.TEACHER_PRETRAINED:
-        return build_model(name, splits.num_classes, pretrained=cfg.DISTILLER.TEACHER_PRETRAINED, **kwargs)
+        teacher = build_model(name, splits.num_classes, pretrained=cfg.DISTILLER.TEACHER_PRETRAINED, **kwargs)
+        if getattr(teacher, "kdlab_new_head", None):
+            log.warning(
+                "DISTILLER.TEACHER_PRETRAINED %s has %d classes, %s has %d: the teacher's classifier is new and "
+                "untrained (its logits carry no knowledge). Fine-tune the teacher first (DISTILLER.TYPE NONE, "
+                "DISTILLER.STUDENT %s, DISTILLER.STUDENT_PRETRAINED %s) and pass its student_best as "
+                "DISTILLER.TEACHER_CKPT", cfg.DISTILLER.TEACHER_PRETRAINED, teacher.kdlab_new_head,
+                cfg.DATASET.TYPE, splits.num_classes, cfg.DISTILLER.TEACHER, cfg.DISTILLER.TEACHER_PRETRAINED)
+        return teacher
     if not ckpt and cfg.DATASET.TYPE == "imagenet":
         return build_model(name, splits.num_classes, pretrained="IMAGENET1K_V1", **kwargs)
     ckpt = ckpt or default_teacher_ckpt(cfg)
@@ -125,6 +134,8 @@ def build_everything(cfg: CfgNode, splits: DatasetSplits | None = None, load_tea
 def evaluate_checkpoint(cfg: CfgNode, ckpt: str) -> dict:
     """DISTILLER.STUDENT loaded from ckpt, scored by kdlab.evaluation on the test split (for tools/eval.py)."""
     splits = build_datasets(cfg, two_views=False)
+    if splits.test is not None:  # DATASET.VAL_SPLIT: score the test split, not the held-out training images
+        splits = dataclasses.replace(splits, val=splits.test, test=None)
     device = select_device(cfg)
     model = build_student(cfg, splits)
     load_weights(model, ckpt, what="checkpoint")

@@ -83,6 +83,10 @@ def _to_device(x: Any, device: torch.device, channels_last: bool = False) -> Any
     return x
 
 
+def _reported(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k not in ("num_samples", "num_pixels")}
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Raised after Ctrl-C once a resumable checkpoint has been written."""
 
@@ -103,6 +107,8 @@ class Trainer:
     ) -> None:
         self.cfg, self.distiller, self.device = cfg, distiller, device
         self.train_loader, self.val_loader = train_loader, val_loader
+        # DATASET.VAL_SPLIT: val_loader holds the held-out training images (selection), this the test split
+        self.test_loader = getattr(val_loader, "test_loader", None)
         self.run_dir = run_dir
         self.model = model if model is not None else distiller  # DDP-wrapped in distributed runs
         self.facts = dict(facts or {})  # e.g. student MACs, input size: copied into metrics.json
@@ -191,7 +197,8 @@ class Trainer:
         try:
             while self.epoch < epochs:
                 if self._early_stop():
-                    log.info("early stop: no better test_acc for %d epochs", self.bad_epochs)
+                    log.info("early stop: no better %s for %d epochs",
+                             "val_acc" if self.test_loader is not None else "test_acc", self.bad_epochs)
                     break
                 self.train_epoch(self.epoch + 1)
                 if self.epoch < epochs and self._agree_to_stop(force=True):  # e.g. Ctrl-C during evaluation
@@ -254,12 +261,13 @@ class Trainer:
         dist_utils.all_reduce_sum(sums)
         n = max(sums[2].item(), 1.0)
         train_metrics = {"train_loss": sums[0].item() / n, "train_acc": 100.0 * sums[1].item() / n}
-        test_metrics = self.evaluate()
+        test_metrics = self.evaluate()  # the selection split: held-out val with DATASET.VAL_SPLIT, else test
         self.scheduler.observe(test_metrics)
         self.epoch = epoch
-        record = {"epoch": epoch, "lr": lr, **train_metrics,
-                  **{k: v for k, v in test_metrics.items() if k not in ("num_samples", "num_pixels")},
-                  "time_s": round(time.perf_counter() - t0, 3)}
+        scores = _reported(test_metrics)
+        if self.test_loader is not None:
+            scores = {**{"val_" + k[len("test_"):]: v for k, v in scores.items()}, **_reported(self.evaluate(True))}
+        record = {"epoch": epoch, "lr": lr, **train_metrics, **scores, "time_s": round(time.perf_counter() - t0, 3)}
         self.history.append(record)
         improved = test_metrics["test_acc"] > self.best_acc
         if improved:
@@ -359,18 +367,23 @@ class Trainer:
             "or set SOLVER.SKIP_NONFINITE True to skip such batches"
         )
 
-    def evaluate(self) -> dict:
+    def evaluate(self, test: bool = False) -> dict:
+        """Scores (keys test_*) on the selection split, or with test=True on the test split of a VAL_SPLIT run."""
         self.distiller.eval()
         vt = self.val_batch_transform
         score = evaluate_segmentation if self.task == "segmentation" else evaluate
         return score(
-            self.distiller.forward_test, self.val_loader, self.device, self.num_classes or 1,
+            self.distiller.forward_test, self.test_loader if test else self.val_loader, self.device,
+            self.num_classes or 1,
             batch_transform=(lambda x: _to_device(vt(x), self.device, self.channels_last)) if vt
             else (lambda x: _to_device(x, self.device, self.channels_last)),
             autocast=self.autocast,
         )
 
     def _log_epoch(self, record: dict) -> None:
+        if self.is_main and "val_acc" in record:
+            log.info("epoch %d held-out val: loss %.4f %s %.2f (selects the best checkpoint)", record["epoch"],
+                     record["val_loss"], "mIoU" if self.task == "segmentation" else "top1", record["val_acc"])
         if self.task != "segmentation":
             self.logger.epoch(record, self.best_acc)
             return
@@ -424,8 +437,14 @@ class Trainer:
 
     def summary(self) -> dict:
         last = self.history[-1] if self.history else {}
+        held_out = {}
+        if self.test_loader is not None:  # best_acc: the test accuracy of the epoch the held-out split chose
+            at_best = next((h for h in self.history if h["epoch"] == self.best_epoch), {})
+            held_out = {"selection": "val", "best_val_acc": self.best_acc if self.history else None,
+                        "last_val_acc": last.get("val_acc"), "best_acc": at_best.get("test_acc")}
         return {
             "best_acc": self.best_acc if self.history else None,
+            **held_out,
             "best_epoch": self.best_epoch,
             "last_acc": last.get("test_acc"),
             "last_acc_top5": last.get("test_acc_top5"),

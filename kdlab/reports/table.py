@@ -29,7 +29,7 @@ NO_VALUE = "—"
 CSV_FIELDS = [
     "dataset", "teacher", "student", "method", "logit_stand", "epochs", "n", "seeds",
     "last_top1_mean", "last_top1_std", "best_top1_mean", "best_top1_std", "last_top5_mean", "last_top5_std",
-    "student_params", "extra_params", "student_macs", "train_time_s_mean", "run_dirs",
+    "best_val_mean", "best_val_std", "student_params", "extra_params", "student_macs", "train_time_s_mean", "run_dirs",
 ]
 
 
@@ -154,7 +154,8 @@ def summarize(runs: list[Run]) -> list[dict]:
         row = {"dataset": dataset, "teacher": teacher, "student": student, "method": method, "logit_stand": ls,
                "epochs": epochs, "n": len(members), "seeds": seeds, "runs": members,
                "run_dirs": [r.path for r in members]}
-        for name, field_name in (("last_top1", "last_acc"), ("best_top1", "best_acc"), ("last_top5", "last_acc_top5")):
+        for name, field_name in (("last_top1", "last_acc"), ("best_top1", "best_acc"), ("last_top5", "last_acc_top5"),
+                                 ("best_val", "best_val_acc")):  # best_val: runs with a held-out split only
             values = [float(r.metrics[field_name]) for r in members if r.metrics.get(field_name) is not None]
             row[f"{name}_mean"], row[f"{name}_std"] = mean_std(values) if values else (math.nan, None)
         row["student_params"] = members[0].metrics.get("student_params")
@@ -213,9 +214,21 @@ TABLE_NOTE = (
 )
 
 
+VAL_NOTE = (
+    "Runs with a held-out validation split (DATASET.VAL_SPLIT): Val best is the best held-out accuracy, and "
+    "their Top-1 best is the test accuracy of the epoch it chose, not a maximum over the test set."
+)
+
+
+def _has_val(rows: list[dict]) -> bool:
+    return any(not math.isnan(r.get("best_val_mean", math.nan)) for r in rows)
+
+
 def markdown_table(rows: list[dict]) -> str:
-    """The rows as a GitHub-flavoured Markdown table (no surrounding text)."""
-    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "|".join(["---"] * 5 + ["---:"] * 8) + "|"]
+    """The rows as a GitHub-flavoured Markdown table (no surrounding text); a Val best column where a run has one."""
+    val = _has_val(rows)
+    header = TABLE_HEADER[:9] + ["Val best"] + TABLE_HEADER[9:] if val else TABLE_HEADER
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 5 + ["---:"] * (len(header) - 5)) + "|"]
     for r in rows:
         params = format_count(r["student_params"])
         if r["extra_params"]:
@@ -226,6 +239,7 @@ def markdown_table(rows: list[dict]) -> str:
             f"**{format_mean_std(r['last_top1_mean'], r['last_top1_std'])}**",
             format_mean_std(r["best_top1_mean"], r["best_top1_std"]),
             format_mean_std(r["last_top5_mean"], r["last_top5_std"]),
+            *([format_mean_std(r["best_val_mean"], r["best_val_std"])] if val else []),
             params, format_macs(r.get("student_macs")), format_duration(r["train_time_s_mean"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -234,7 +248,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 def markdown_report(rows: list[dict], figures: Iterable[str] = (), title: str = "Results") -> str:
     """results.md: title, table, the note on how to read it, and the figures (paths relative to the file)."""
-    parts = [f"# {title}", "", markdown_table(rows), "", TABLE_NOTE, ""]
+    parts = [f"# {title}", "", markdown_table(rows), "", TABLE_NOTE + (" " + VAL_NOTE if _has_val(rows) else ""), ""]
     for fig in figures:
         name = os.path.splitext(os.path.basename(fig))[0].replace("_", " ")
         parts += [f"![{name}]({os.path.basename(fig)})", ""]

@@ -15,6 +15,11 @@ projecting BatchNorm of each stage's last block); kdlab.models.stages reads them
 
 The CNNs take any input of at least 32x32. vit_b_16 is built for one size: pass `image_size`
 (default 224, or the named weights' size); pretrained position embeddings are resized to it.
+
+`pretrained` names torchvision weights (IMAGENET1K_V1, DEFAULT, ...) or a local file; named weights are read
+from the torch hub cache ($TORCH_HOME/hub/checkpoints, torchvision's file name) and downloaded there with a
+progress bar when missing, unless KDLAB_OFFLINE=1 (then the error names the file and the folder). The
+classifier is replaced by a fresh one when the dataset's class count differs from the weights'.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from kdlab.models.build import MODELS
 from kdlab.models.checkpoint import load_state_dict_file, load_weights
 
 log = logging.getLogger("kdlab")
+OFFLINE_ENV = "KDLAB_OFFLINE"
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,7 @@ def build_torchvision(
     if file_classes != num_classes:
         _replace_linear(model, taps.head, num_classes)
         log.info("%s: new %d-class head replaces the weights' %d-class one", name, num_classes, file_classes)
+        model.kdlab_new_head = file_classes  # the class count of the weights whose head was replaced
     attach_feature_hooks(model, taps)
     _attach_stage_facts(model, name)
     return model
@@ -171,7 +178,8 @@ def _looks_like_path(text: str) -> bool:
 
 
 def _pretrained_state(name: str, pretrained: str) -> tuple[Mapping[str, torch.Tensor], WeightsEnum | None]:
-    """Read a local file, or torchvision's cached file for a weights name; never download."""
+    """Read a local file, or torchvision's file for a weights name from the torch hub cache (downloaded there
+    when missing, unless KDLAB_OFFLINE is set)."""
     if _looks_like_path(pretrained):
         return load_state_dict_file(pretrained, what="pretrained weights"), None
     enum = get_model_weights(name)
@@ -185,12 +193,33 @@ def _pretrained_state(name: str, pretrained: str) -> tuple[Mapping[str, torch.Te
         ) from None
     path = cached_weights_path(weights)
     if not os.path.isfile(path):
-        raise CheckpointError(
-            f"{name} weights {weights.name} are not in the torch hub cache and kdlab never downloads: "
-            f"fetch {weights.url} and save it as {os.path.basename(path)} in {os.path.dirname(path)} "
-            "(or pass the file's path as pretrained)"
-        )
+        if offline():
+            raise CheckpointError(
+                f"{name} weights {weights.name} are not in the torch hub cache and {OFFLINE_ENV} is set, so kdlab "
+                f"does not download: fetch {weights.url} and save it as {os.path.basename(path)} in "
+                f"{os.path.dirname(path)} (or pass the file's path as pretrained)"
+            )
+        download_weights(weights, path)
     return load_state_dict_file(path, what=f"torchvision weights {weights}"), weights
+
+
+def offline() -> bool:
+    """KDLAB_OFFLINE=1 (or true/yes/on): never download weights; a missing file is an error naming it."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def download_weights(weights: WeightsEnum, path: str) -> None:
+    """Download into the torch hub cache as torchvision does: progress bar, file checked against its hash prefix."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    match = torch.hub.HASH_REGEX.search(os.path.basename(path))
+    log.info("downloading %s to %s (set %s=1 to forbid downloads)", weights.url, path, OFFLINE_ENV)
+    try:
+        torch.hub.download_url_to_file(weights.url, path, match.group(1) if match else None, progress=True)
+    except (OSError, RuntimeError, ValueError) as exc:  # no network (URLError is an OSError), a bad hash
+        raise CheckpointError(
+            f"could not download {weights.url} ({type(exc).__name__}: {exc}); fetch it yourself and save it as "
+            f"{os.path.basename(path)} in {os.path.dirname(path)} (or pass the file's path as pretrained)"
+        ) from None
 
 
 def _fit_position_embedding(

@@ -1,9 +1,9 @@
 """torchvision's segmentation models with kdlab's (logits, feats) contract, read through hooks.
 
 The returned module *is* torchvision's model (same state-dict keys, so torchvision's files load
-unchanged), built with weights=None, weights_backbone=None and aux_loss=False: kdlab never downloads
-and trains no auxiliary head. Forward hooks record the backbone's stem and stage outputs, and a
-hook on the model turns torchvision's {"out": logits} into (logits, feats). Call the model
+unchanged), built with weights=None, weights_backbone=None and aux_loss=False: kdlab downloads only
+named `pretrained` weights (below) and trains no auxiliary head. Forward hooks record the backbone's
+stem and stage outputs, and a hook on the model turns torchvision's {"out": logits} into (logits, feats). Call the model
 (`model(x)`), not `model.forward(x)`, which skips hooks.
 
 feats["feats"]: ResNet-50 backbones (dilated, output stride 8): relu (/2), layer1 (/4), layer2 (/8),
@@ -13,7 +13,8 @@ place, so feats["preact_feats"] is the same list.
 
 `pretrained` is a local file (torchvision's, or a kdlab/mdistiller checkpoint of this model) or a
 torchvision weights name such as COCO_WITH_VOC_LABELS_V1, read from the torch hub cache; when it
-is not there the error names the file to download and where to put it. The auxiliary-head
+is not there it is downloaded there with a progress bar, as torchvision does, unless KDLAB_OFFLINE=1,
+where the error names the file to download and where to put it. The auxiliary-head
 weights in torchvision's files are dropped; the class layer is replaced (freshly initialized)
 when num_classes differs from the file's.
 """
