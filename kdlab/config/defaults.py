@@ -151,7 +151,7 @@ _C.CONKD.SUPCON_WEIGHT = 0.1  # weight of the supervised contrastive term
 _C.CONKD.TEMPERATURE = 2.0  # KD base temperature (logits standardized); --logit-stand sets --base-temp
 _C.CONKD.SUPCON_TEMPERATURE = 0.07  # SupCon temperature
 _C.CONKD.PROJ_DIM = 128  # output size of the projection head Linear(d, d) -> ReLU -> Linear(d, PROJ_DIM)
-_C.CONKD.SUPCON_VARIANT = "khosla"  # khosla (Khosla et al. 2020) | seed (self as positive)
+_C.CONKD.SUPCON_VARIANT = "khosla"  # khosla (Khosla et al. 2020) | seed (self as positive) | two_view (seed notebooks)
 
 # FEATKD: CE_WEIGHT * CE + ALPHA * KD + BETA * sum over layer pairs of PAIR_WEIGHTS[i] * loss_i(connector(student),
 # teacher); loss_i = PAIR_LOSSES[i] (mse | cosine); the defaults give BETA * the mean over pairs of MSE

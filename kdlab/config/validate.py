@@ -69,7 +69,7 @@ def validate_cfg(cfg: CfgNode) -> None:
     _check_trainer(cfg, method)
     _check_name("SOLVER.AMP_DTYPE", cfg.SOLVER.AMP_DTYPE, ["bfloat16", "float16"])
     _check_name("SOLVER.PLATEAU_METRIC", cfg.SOLVER.PLATEAU_METRIC, ["test_acc", "test_loss"])
-    _check_name("CONKD.SUPCON_VARIANT", cfg.CONKD.SUPCON_VARIANT, ["khosla", "seed"])
+    _check_name("CONKD.SUPCON_VARIANT", cfg.CONKD.SUPCON_VARIANT, ["khosla", "seed", "two_view"])
     _check_name("KD.PIXELS", cfg.KD.PIXELS, ["labelled", "all"])
     _check_name("FEATKD.PIXELS", cfg.FEATKD.PIXELS, ["labelled", "all"])
     _check_name("FEATKD.CONNECTOR", cfg.FEATKD.CONNECTOR, ["conv_bn", "conv"])

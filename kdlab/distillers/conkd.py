@@ -7,7 +7,8 @@
 The head is Linear(d, d) -> ReLU -> Linear(d, PROJ_DIM) on the student's pooled feature (d probed
 once at construction), as in Khosla et al. (NeurIPS 2020); its output is L2-normalized inside
 supcon_loss. SupCon uses the one training view: positives are the other same-label samples of
-the batch (SUPCON_VARIANT khosla) or also the anchor itself (seed). The logits are always
+the batch (SUPCON_VARIANT khosla), also the anchor itself (seed: the seed README's form), or the batch is
+stacked twice as two identical views (two_view: what the seed's notebooks run). The logits are always
 standardized; --logit-stand only sets TEMPERATURE = --base-temp and KD_WEIGHT = --kd-weight.
 """
 

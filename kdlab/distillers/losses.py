@@ -198,6 +198,9 @@ def mlkd_losses(
         }
 
 
+SUPCON_VARIANTS = ("khosla", "seed", "two_view")
+
+
 def supcon_loss(
     features: torch.Tensor,
     labels: torch.Tensor,
@@ -208,13 +211,18 @@ def supcon_loss(
 
     variant="khosla": positives are same-label samples other than the anchor, the denominator sums over
     every other sample, and the mean runs over anchors with at least one positive (0 if none has one).
-    variant="seed": the ConKD seed's form, where the positive set also holds the anchor itself, whose
+    variant="seed": the ConKD seed README's form, where the positive set also holds the anchor itself, whose
     term is -log sum_{j != i} exp(z_ij - max_j z_ij); that term can make the loss negative.
+    variant="two_view": what the ConKD seed's notebooks run: the official two-view SupConLoss (contrast_mode
+    "all") fed two identical copies of each embedding, i.e. "khosla" on the batch stacked twice, where each
+    anchor's copy is one of its positives (at temperature 0.07 the official base-temperature factor is 1).
     """
-    if variant not in ("khosla", "seed"):
+    if variant not in SUPCON_VARIANTS:
         raise ValueError(
-            f"supcon_loss variant must be 'khosla' or 'seed', got {variant!r}"
+            f"supcon_loss variant must be one of {', '.join(SUPCON_VARIANTS)}, got {variant!r}"
         )
+    if variant == "two_view":
+        return supcon_loss(torch.cat([features, features]), torch.cat([labels, labels]), temperature, "khosla")
     with torch.autocast(device_type=features.device.type, enabled=False):
         f = F.normalize(_f32(features), dim=1)
         logits = f @ f.T / temperature
