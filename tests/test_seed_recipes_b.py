@@ -167,3 +167,147 @@ def test_random_apply_entry_builds_its_inner_transforms_and_refuses_bad_forms():
         build_transforms("K", [{"RandomApply": {"p": 0.3}}])
     with pytest.raises(ConfigError, match=r"K\[0\]: unknown transform 'GausianBlur'"):
         build_transforms("K", [{"RandomApply": {"transforms": ["GausianBlur"]}}])
+
+
+def _seed_kd(student_logits, teacher_logits, t: float) -> torch.Tensor:
+    """The seeds' KLDivLoss(batchmean)(log_softmax(s / T), softmax(t / T)) * T^2 (both seeds write this)."""
+    log_p = torch.nn.functional.log_softmax(student_logits / t, dim=1)
+    q = torch.nn.functional.softmax(teacher_logits / t, dim=1)
+    return torch.nn.functional.kl_div(log_p, q, reduction="batchmean") * t**2
+
+
+def test_elec475_losses_are_the_seed_formulas():
+    from kdlab.distillers import DatasetFacts, build_distiller
+
+    facts = DatasetFacts(num_classes=21, input_size=(64, 64), in_channels=3, task="segmentation")
+    torch.manual_seed(0)
+    student, teacher = build_model("elec475_light", 21, dropout=(0.0, 0.0)), build_model("fcn_resnet50", 21)
+    x, target = torch.randn(2, 3, 64, 64), torch.randint(0, 21, (2, 64, 64))
+    target[:, :4] = 255
+    cfg = load_cfg(ELEC_CONFIGS["response"], ["FEATKD.INPUT_SIZE", "[64, 64]"])
+    distiller = build_distiller(cfg, student, teacher, facts=facts).train()
+    _, losses = distiller(x, target, epoch=1)
+    s_logits = student(x)[0]
+    with torch.no_grad():
+        t_logits, t_feats = teacher.eval()(x)
+    ce = torch.nn.functional.cross_entropy(s_logits, target, ignore_index=255)
+    seed = 0.3 * _seed_kd(s_logits, t_logits, 4.0) + 0.7 * ce  # train_kd.py, kd_method response
+    assert sum(losses.values()).item() == pytest.approx(seed.item(), rel=1e-4)
+
+    cfg = load_cfg(ELEC_CONFIGS["feature"], ["FEATKD.INPUT_SIZE", "[64, 64]"])
+    distiller = build_distiller(cfg, student, teacher, facts=facts).train()
+    _, losses = distiller(x, target, epoch=1)
+    s_logits, s_feats = student(x)
+    hidden = 0.0
+    for conn, tf, sf in zip(distiller.connectors, t_feats["feats"][1:4], s_feats["feats"][1:4]):
+        aligned = conn.conv(torch.nn.functional.interpolate(sf, size=tf.shape[2:], mode="bilinear"))
+        hidden = hidden + (1 - torch.nn.functional.cosine_similarity(aligned, tf, dim=1)).mean()
+    seed = 0.5 * hidden + 0.5 * torch.nn.functional.cross_entropy(s_logits, target, ignore_index=255)
+    assert sum(losses.values()).item() == pytest.approx(seed.item(), rel=1e-4)
+
+
+# ---------------------------------------------------------------- cifar10_distillation
+CD = os.path.join(REPO, "configs/cifar10/cifar10_distillation")
+CD_CONFIGS = {name: os.path.join(CD, f"{name}.yaml") for name in ("teacher", "standard", "logits", "feature")}
+# distilation.ipynb output: "Teacher model created with 2,168,362 parameters", "Student ... 1,070,874"
+CD_TEACHER_PARAMS, CD_STUDENT_PARAMS = 2_168_362, 1_070_874
+CD_EPOCHS = {"teacher": 25, "standard": 15, "logits": 15, "feature": 10}  # TEACHER/STUDENT/FEATURE_EPOCHS
+
+
+def test_cifar10_cnn_scales_give_the_seed_parameter_counts():
+    teacher, student = build_model("cifar10_cnn", 10, scale=32), build_model("cifar10_cnn", 10, scale=16)
+    assert (_params(teacher), _params(student)) == (CD_TEACHER_PARAMS, CD_STUDENT_PARAMS)
+    assert _within(_params(student), 1_100_000)  # README.md: student "~1.1M"
+    logits, feats = student.eval()(torch.zeros(2, 3, 32, 32))
+    assert logits.shape == (2, 10) and feats["pooled_feat"].shape == (2, 512)  # get_features: ELU(fc1)
+
+
+def test_cifar10_distillation_configs_match_the_seed():
+    from kdlab.engine.builder import model_kwargs
+
+    class _Splits:
+        in_channels = 3
+
+    for name, path in CD_CONFIGS.items():
+        cfg = load_cfg(path)
+        s = cfg.SOLVER
+        assert cfg.DATASET.TYPE == "cifar10" and cfg.DATASET.TRAIN_TRANSFORMS == []  # RandomCrop(32, 4) + flip
+        assert (s.TYPE, s.LR, s.WEIGHT_DECAY, s.BATCH_SIZE, s.SCHEDULER) == ("Adam", 1e-3, 0.0, 128, "cosine")
+        assert s.EPOCHS == CD_EPOCHS[name] and s.WARMUP_EPOCHS == 0 and s.MIN_LR == 0.0
+        assert cfg.DISTILLER.STUDENT == "cifar10_cnn"
+        student = build_model("cifar10_cnn", 10, **model_kwargs(cfg, _Splits()))
+        want = CD_TEACHER_PARAMS if name == "teacher" else CD_STUDENT_PARAMS
+        assert _params(student) == want and student.dropout.p == 0.5
+        if name in ("logits", "feature"):
+            teacher = build_model("cifar10_cnn", 10, **model_kwargs(cfg, _Splits(), teacher=True))
+            assert _params(teacher) == CD_TEACHER_PARAMS
+    kd = load_cfg(CD_CONFIGS["logits"]).KD  # DistillationLoss(alpha=0.5, temperature=3)
+    assert (kd.LOSS.CE_WEIGHT, kd.LOSS.KD_WEIGHT, kd.TEMPERATURE) == (0.5, 0.5, 3.0)
+    fk = load_cfg(CD_CONFIGS["feature"]).FEATKD  # FeatureDistillationLoss(alpha=0.5, beta=0.4, temperature=3)
+    assert (fk.CE_WEIGHT, fk.ALPHA, fk.BETA, fk.TEMPERATURE) == (0.5, 0.1, 0.4, 3.0)
+    assert list(fk.STUDENT_LAYERS) == ["pooled_feat"] == list(fk.TEACHER_LAYERS) and list(fk.PAIR_LOSSES) == ["mse"]
+
+
+def test_cifar10_distillation_losses_are_the_seed_formulas():
+    from kdlab.distillers import DatasetFacts, build_distiller
+
+    facts = DatasetFacts(num_classes=10, input_size=(32, 32), in_channels=3, task="classification")
+    torch.manual_seed(0)
+    student = build_model("cifar10_cnn", 10, scale=16, dropout=0.0)
+    teacher = build_model("cifar10_cnn", 10, scale=32).eval()
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    s_logits, s_feats = student(x)
+    with torch.no_grad():
+        t_logits, t_feats = teacher(x)
+    ce = torch.nn.functional.cross_entropy(s_logits, y)
+    soft = _seed_kd(s_logits, t_logits, 3.0)
+    mse = torch.nn.functional.mse_loss(s_feats["pooled_feat"], t_feats["pooled_feat"])
+    expected = {"logits": 0.5 * ce + 0.5 * soft, "feature": 0.5 * ce + 0.1 * soft + 0.4 * mse}
+    for name, want in expected.items():
+        distiller = build_distiller(load_cfg(CD_CONFIGS[name]), student, teacher, facts=facts).train()
+        _, losses = distiller(x, y, epoch=1)
+        assert sum(losses.values()).item() == pytest.approx(want.item(), rel=1e-5), name
+
+
+@pytest.fixture(scope="module")
+def cd_runs(tmp_path_factory):
+    from fixtures_data import write_cifar
+
+    root = tmp_path_factory.mktemp("cifar10_distillation")
+    write_cifar(root / "data", kind="cifar10", n_train=20, n_test=10)
+    prefix = root / "logs"
+    opts = _cli_opts(root / "data", prefix, 32, 8)
+    tool = _train_tool()
+    assert tool.main(["--cfg", CD_CONFIGS["teacher"], *opts]) == 0
+    ckpt = os.path.join(prefix, "cifar10_distillation", "teacher", "student_best")
+    for name in ("standard", "logits", "feature"):
+        assert tool.main(["--cfg", CD_CONFIGS[name], *opts, "DISTILLER.TEACHER_CKPT", ckpt]) == 0
+    return root
+
+
+def test_cifar10_distillation_configs_train_one_epoch_from_the_cli(cd_runs):
+    for name in CD_CONFIGS:
+        metrics = json.load(open(os.path.join(cd_runs, "logs", "cifar10_distillation", name, "metrics.json")))
+        assert metrics["last_epoch"] == 1 and math.isfinite(metrics["history"][0]["train_loss"])
+        assert metrics["student_params"] == (CD_TEACHER_PARAMS if name == "teacher" else CD_STUDENT_PARAMS)
+        assert metrics["method"] == {"teacher": "NONE", "standard": "NONE", "logits": "KD", "feature": "FEATKD"}[name]
+        assert metrics["extra_params"] == 0  # 512 -> 512: no connector, as the seed
+
+
+def test_report_draws_the_seed_figures_with_one_row_per_scale(cd_runs):
+    spec = importlib.util.spec_from_file_location("kdlab_report_tool", os.path.join(REPO, "tools/report.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = cd_runs / "reports"
+    assert tool.main([str(cd_runs / "logs"), "--out", str(out), "--curves", "dataset"]) == 0
+    # accuracy_comparison.png -> compare_cifar10.png; distillation_comparison.png (every run) -> curves_cifar10.png
+    assert sorted(os.listdir(out)) == ["compare_cifar10.png", "curves_cifar10.png", "results.csv", "results.md"]
+    for png in ("compare_cifar10.png", "curves_cifar10.png"):
+        assert open(out / png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    import csv
+
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    big, small = "cifar10_cnn(dropout=0.5, scale=32)", "cifar10_cnn(dropout=0.5, scale=16)"
+    got = sorted((r["teacher"], r["student"], r["method"]) for r in rows)
+    assert got == sorted([("", big, "NONE"), ("", small, "NONE"), ("cifar10_cnn(scale=32)", small, "KD"),
+                          ("cifar10_cnn(scale=32)", small, "FEATKD")])
