@@ -3,8 +3,8 @@
 Finds every run directory (a folder holding metrics.json) under the LOGDIRs and writes, into
 --out (default ./reports): results.md and results.csv (one row per dataset / teacher / student /
 method / logit standardization / epochs, mean ± sample std over seeds; "—" where a setting has a
-single run), learning curves (curves_<dataset>_<student>.png) and a method comparison
-(compare_<dataset>.png).
+single run), learning curves (curves_<dataset>_<student>.png, or with --curves dataset one
+curves_<dataset>.png with every run) and a method comparison (compare_<dataset>.png).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--include-incomplete", action="store_true",
                    help="also count runs stopped before SOLVER.EPOCHS (still running or interrupted)")
     p.add_argument("--no-plots", action="store_true", help="write the table only")
+    p.add_argument("--curves", choices=("student", "dataset"), default="student",
+                   help="learning curves per dataset and student (default), or per dataset with every run")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p.parse_args(argv)
 
@@ -42,7 +44,7 @@ def main(argv: list[str]) -> int:
     if not args.no_plots:
         from kdlab.reports.plots import report_figures
 
-        figures = report_figures(rows, args.out)
+        figures = report_figures(rows, args.out, curves=args.curves)
     with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
         f.write(markdown_report(rows, figures, title=args.title))
     write_csv(rows, os.path.join(args.out, "results.csv"))

@@ -11,6 +11,7 @@ mapping, to its first argument: `{CenterCrop: 224}`):
 and on the command line the same as a Python literal:
 `DATASET.TRAIN_TRANSFORMS "['RandomHorizontalFlip', {'ColorJitter': {'brightness': 0.4}}]"`.
 A string value of an `interpolation` argument names an InterpolationMode (`bilinear`, `nearest`, ...).
+`{RandomApply: {transforms: [entries], p: 0.3}}` applies the inner entries together with probability p.
 
 A non-empty list replaces the dataset's built-in augmentation (TEST_TRANSFORMS: its evaluation resizing);
 kdlab then finishes every image with `FitSize` (a resize to the working size only where the list left
@@ -82,6 +83,8 @@ def build_transform(key: str, i: int, entry: Any, mask_fill: int | None = None) 
     mask_fill: for segmentation, the value padded/rotated-in mask pixels get where the entry sets no `fill`.
     """
     name, kwargs = _entry(key, i, entry)
+    if name == "RandomApply":
+        return _random_apply(key, i, kwargs, mask_fill)
     if name not in TRANSFORM_NAMES:
         near = closest_names(name, TRANSFORM_NAMES)
         hint = f"; did you mean {', '.join(near)}?" if near else f"; known: {', '.join(TRANSFORM_NAMES)}"
@@ -102,6 +105,21 @@ def build_transform(key: str, i: int, entry: Any, mask_fill: int | None = None) 
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{key}[{i}]: {name}({_show(kwargs)}) is refused by torchvision: {exc}") from None
+
+
+def _random_apply(key: str, i: int, kwargs: dict, mask_fill: int | None) -> v2.Transform:
+    """{RandomApply: {transforms: [entries], p: 0.3}}: the inner entries, all applied with probability p."""
+    inner = kwargs.get("transforms")
+    extra = sorted(str(k) for k in kwargs if k not in ("transforms", "p"))
+    if not isinstance(inner, (list, tuple)) or not inner or extra:
+        raise ConfigError(
+            f"{key}[{i}]: RandomApply takes {{transforms: [a non-empty list of entries], p: probability}}, "
+            f"got {kwargs!r}"
+        )
+    p = float(kwargs.get("p", 0.5))
+    if not 0.0 <= p <= 1.0:
+        raise ConfigError(f"{key}[{i}]: RandomApply p must be in [0, 1], got {p}")
+    return v2.RandomApply([build_transform(key, i, e, mask_fill) for e in inner], p=p)
 
 
 def _show(kwargs: dict) -> str:

@@ -99,8 +99,10 @@ def _label_colors(labels: Sequence[str]) -> list[tuple]:
 def _curve_labels(rows: Sequence[dict]) -> list[str]:
     """Labels for one student's curves: the method, plus the teacher / epochs only where the rows differ."""
     several_teachers = len({r["teacher"] for r in rows if r["teacher"]}) > 1
+    several_students = len({r["student"] for r in rows}) > 1
     several_epochs = len({r["epochs"] for r in rows}) > 1
-    return [variant_label(r) + (f" ← {r['teacher']}" if several_teachers and r["teacher"] else "")
+    return [variant_label(r) + (f": {r['student']}" if several_students else "")
+            + (f" ← {r['teacher']}" if several_teachers and r["teacher"] else "")
             + (f", {r['epochs']} ep" if several_epochs else "") + f" (n={r['n']})" for r in rows]
 
 
@@ -167,12 +169,16 @@ def plot_method_comparison(rows: Sequence[dict], path: str, title: str = "") -> 
     return save_figure(fig, path)
 
 
-def report_figures(rows: Sequence[dict], out_dir: str) -> list[str]:
-    """Learning curves per (dataset, student) and one method comparison per dataset; return the paths."""
+def report_figures(rows: Sequence[dict], out_dir: str, curves: str = "student") -> list[str]:
+    """Learning curves per (dataset, student), or per dataset with every run (curves "dataset": teacher and
+    students in one figure), and one method comparison per dataset; return the paths."""
     paths = []
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         in_dataset = [r for r in rows if r["dataset"] == dataset]
-        for student in dict.fromkeys(r["student"] for r in in_dataset):
+        if curves == "dataset":
+            paths.append(plot_learning_curves(in_dataset, os.path.join(out_dir, f"curves_{slug(dataset)}.png"),
+                                              title=dataset))
+        for student in dict.fromkeys(r["student"] for r in in_dataset) if curves == "student" else ():
             group = [r for r in in_dataset if r["student"] == student]
             paths.append(plot_learning_curves(group, os.path.join(out_dir, f"curves_{slug(dataset, student)}.png"),
                                               title=f"{dataset}: {student}"))

@@ -61,10 +61,11 @@ class Run:
             teacher = m["teacher"]
         else:
             teacher = c.get("DISTILLER", {}).get("TEACHER") if method != "NONE" else None
+        distiller = c.get("DISTILLER", {})
         return (
             m.get("dataset") or c.get("DATASET", {}).get("TYPE", "?"),
-            teacher or None,
-            m.get("student") or c.get("DISTILLER", {}).get("STUDENT", "?"),
+            model_label(teacher, distiller.get("TEACHER_KWARGS")) if teacher else None,
+            model_label(m.get("student") or distiller.get("STUDENT", "?"), distiller.get("MODEL_KWARGS")),
             method,
             bool(m.get("logit_stand", c.get("EXPERIMENT", {}).get("LOGIT_STAND", False))),
             # planned epochs (SOLVER.EPOCHS), so early-stopped seeds of one setting share a row
@@ -77,6 +78,15 @@ class Run:
         epochs = self.metrics.get("epochs")
         patience = self.config.get("SOLVER", {}).get("EARLY_STOP_PATIENCE", 0)
         return epochs is not None and self.metrics.get("last_epoch", 0) < epochs and not patience
+
+
+def model_label(name: str, kwargs: Optional[dict]) -> str:
+    """The model name with the builder arguments the run's config set (DISTILLER.MODEL_KWARGS / TEACHER_KWARGS),
+    e.g. cifar10_cnn(dropout=0.5, scale=16), so that one architecture at two sizes makes two rows; DROPOUT 0
+    (unset) is left out."""
+    items = [(str(k).lower(), v) for k, v in sorted((kwargs or {}).items())
+             if not (str(k).upper() == "DROPOUT" and not v)]
+    return f"{name}({', '.join(f'{k}={v}' for k, v in items)})" if items else name
 
 
 def load_run(path: str) -> Optional[Run]:

@@ -5,4 +5,4 @@ Each returns (per-pixel logits N x C x H x W at the input resolution, feats) wit
 the last backbone feature), so feature distillers treat them like the classification models.
 """
 
-from kdlab.models.segmentation import small, torchvision_seg  # noqa: F401  (register the models)
+from kdlab.models.segmentation import elec475, small, torchvision_seg  # noqa: F401  (register the models)
