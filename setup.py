@@ -17,6 +17,7 @@ setup(
         "tensorboard",
         "lion-pytorch",
         "scikit-learn",
+        "scipy",
         "matplotlib",
         "timm",
     ],
