@@ -29,6 +29,16 @@ atexit.register(shutil.rmtree, os.environ["KDLAB_CACHE_DIR"], True)
 REFERENCE = os.path.join(REPO, "tests", "reference")
 
 
+def load_script(relpath: str, name: str):
+    """Import a repository script (tools/*.py, tests/reference/make_*.py) as a module, by path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, relpath))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def reference_table(name: str) -> dict:
     """A table from tests/reference/ (made by the make_*.py scripts there; always present)."""
     with open(os.path.join(REFERENCE, name), encoding="utf-8") as f:

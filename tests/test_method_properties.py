@@ -153,12 +153,10 @@ def test_two_view_trainer_names_need_a_two_view_method():
 
 def test_readme_methods_table_is_generated_from_the_registry():
     """The README's methods table is tools/method_table.py's output: a new method is listed by rerunning it."""
-    import importlib.util
+    from conftest import load_script
 
     root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("method_table", root / "tools" / "method_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("tools/method_table.py", "method_table")
     readme = (root / "README.md").read_text(encoding="utf-8")
     block = readme.split(module.BEGIN)[1].split(module.END)[0]
     stale = "README methods table is stale: run python tools/method_table.py --write"

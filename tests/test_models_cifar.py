@@ -10,14 +10,13 @@ Expected values come from
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import reference_table
+from conftest import load_script, reference_table
 
 from kdlab.errors import CheckpointError, ConfigError
 from kdlab.models import MODELS, build_model
@@ -51,16 +50,7 @@ CIFAR_NAMES = [
 ]
 
 
-def _load_ref_helpers():
-    spec = importlib.util.spec_from_file_location(
-        "make_model_refs", REPO / "tests" / "reference" / "make_model_refs.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-REF = _load_ref_helpers()
+REF = load_script("tests/reference/make_model_refs.py", "make_model_refs")
 MODEL_REFS = json.loads((REPO / "tests" / "reference" / "model_refs.json").read_text())
 
 

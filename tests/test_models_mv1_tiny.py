@@ -9,13 +9,13 @@ as a user loads weights saved from mdistiller's model.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 
 from kdlab.models import build_model, resolve_model_name
 
@@ -25,16 +25,7 @@ NAMES = sorted(k for k in REFS if not k.startswith("_"))
 RUN = [n for n in NAMES if "eval" in REFS[n]]
 
 
-def _helpers():
-    spec = importlib.util.spec_from_file_location(
-        "make_extra_model_refs", REPO / "tests" / "reference" / "make_extra_model_refs.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-REF = _helpers()
+REF = load_script("tests/reference/make_extra_model_refs.py", "make_extra_model_refs")
 
 
 def kdlab_name(name: str) -> str:

@@ -22,6 +22,9 @@ from pathlib import Path
 
 from yacs.config import CfgNode
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from kdlab.config import flatten  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_REF = Path(os.environ.get("KDLAB_REF", HERE.parents[2] / "ref"))
 # peer_configs.json's top folder -> the repository's cfg.py under --ref
@@ -31,22 +34,12 @@ SOURCES = {
 }
 
 
-def flatten(node: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-    return out
-
-
 def defaults_of(cfg_py: Path) -> dict:
     source = cfg_py.read_text().replace("from .utils import log_msg", "log_msg = str")
     scope: dict = {}
     exec(compile(source, str(cfg_py), "exec"), scope)  # defines CFG (a yacs CfgNode) and nothing else
     assert isinstance(scope["CFG"], CfgNode)
-    return flatten(scope["CFG"])
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in flatten(scope["CFG"]).items()}
 
 
 def table(ref: Path) -> dict:
