@@ -31,6 +31,7 @@ def projection_head(in_dim: int, out_dim: int) -> nn.Sequential:
 class ConKD(Distiller):
     paper = "SupCon (Khosla et al., NeurIPS 2020) + logit-standardized KD"
     group = "CONKD"
+    teacher_logits_only = True  # the teacher gives logits only (the head is on the student's feature)
     dataset_facts = ("input_size",)  # the student is probed once to size the projection head
 
     def __init__(
@@ -77,7 +78,7 @@ class ConKD(Distiller):
 
     def forward_train(self, image, target, **extras):
         logits_student, feats_student = self.student(image)
-        logits_teacher, _ = self.teacher_forward(image)
+        logits_teacher = self.teacher_logits_for(image, extras)
         embedding = self.head(feats_student["pooled_feat"])
         return logits_student, {
             "loss_ce": self.ce_weight * cross_entropy(logits_student, target),

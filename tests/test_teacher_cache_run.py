@@ -1,0 +1,216 @@
+"""DISTILLER.TEACHER_CACHE in training runs: same losses as the teacher on the fly, the auto policy, refusals."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+
+import pytest
+import torch
+from conftest import REPO, digits_opts
+from fixtures_data import write_cifar
+
+from kdlab.config import load_cfg
+from kdlab.data import teacher_cache as tc
+from kdlab.engine import trainer as trainer_mod
+from kdlab.engine.run import train
+from kdlab.engine.trainer import TrainingInterrupted
+from kdlab.errors import ConfigError
+from kdlab.models import build_model
+
+DIGITS = {m: os.path.join(REPO, f"configs/digits/{m}/digits_teacher_digits_student.yaml")
+          for m in ("kd", "dkd", "dot", "fitnet")}
+CIFAR_KD = os.path.join(REPO, "configs/cifar100/kd/resnet32x4_resnet8x4.yaml")
+SHORT = {"SOLVER.MAX_STEPS_PER_EPOCH": 3, "SOLVER.BATCH_SIZE": 32, "DATASET.NUM_WORKERS": 0,
+         "SOLVER.AMP": False, "SOLVER.CHANNELS_LAST": False, "LOG.SAVE_CHECKPOINT_FREQ": 0}
+
+
+def _save(model, path) -> str:
+    torch.save({"format": "kdlab-student", "model": model.state_dict(), "arch": "x", "num_classes": 10,
+                "epoch": 0}, path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory) -> dict:
+    """Untrained teachers (the cache must reproduce whatever the teacher computes): digits x2 and CIFAR resnet8."""
+    folder, out = tmp_path_factory.mktemp("teachers"), {}
+    for name, arch, classes, seed in (("digits", "digits_teacher", 10, 0), ("digits2", "digits_teacher", 10, 1),
+                                      ("cifar", "resnet8", 100, 0)):
+        torch.manual_seed(seed)
+        out[name] = _save(build_model(arch, classes, **({"in_channels": 1} if "digits" in name else {})),
+                          folder / f"{name}.pth")
+    write_cifar(folder / "cifar", "cifar100", n_train=16, n_test=8)
+    out["cifar_root"] = str(folder / "cifar")
+    return out
+
+
+def _cfg(kind: str, prefix, teachers: dict, epochs: int = 2, **extra):
+    if kind == "cifar":
+        extra = {"DATASET.ROOT": teachers["cifar_root"], "DISTILLER.TEACHER": "resnet8", "DISTILLER.STUDENT": "resnet8",
+                 "DISTILLER.TEACHER_CKPT": teachers["cifar"], "SOLVER.BATCH_SIZE": 8, "DATASET.TEST.BATCH_SIZE": 8,
+                 **extra}
+        path = extra.pop("CFG", CIFAR_KD)
+    else:
+        extra = {"DISTILLER.TEACHER_CKPT": teachers["digits"], **extra}
+        path = DIGITS[extra.pop("CFG", "kd")]
+    opts = {**SHORT, **extra}
+    logit_stand = bool(opts.pop("LOGIT_STAND", False))
+    return load_cfg(path, digits_opts(str(prefix), epochs=epochs, **opts), logit_stand=logit_stand)
+
+
+@pytest.fixture
+def losses(monkeypatch) -> list:
+    """Every training step's loss terms, in order."""
+    out, step = [], trainer_mod.Trainer.train_step
+
+    def recorded(self, *args):
+        terms = step(self, *args)
+        out.append({k: v.item() for k, v in terms.items()})
+        return terms
+
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", recorded)
+    return out
+
+
+@pytest.fixture
+def messages() -> list:
+    records: list = []
+    handler = logging.Handler()
+    handler.emit = lambda r: records.append(r.getMessage())
+    logging.getLogger("kdlab").addHandler(handler)
+    yield records
+    logging.getLogger("kdlab").removeHandler(handler)
+
+
+def _assert_close(a: list, b: list) -> None:
+    assert len(a) == len(b) and a and a[0].keys() == b[0].keys()
+    for x, y in zip(a, b):
+        for k in x:
+            assert x[k] == pytest.approx(y[k], rel=2e-6, abs=1e-7), (k, x[k], y[k])
+
+
+CASES = {"digits-kd": ("digits", {}), "digits-dkd-ls": ("digits", {"CFG": "dkd", "LOGIT_STAND": True}),
+         "digits-dot": ("digits", {"CFG": "dot"}), "cifar-kd": ("cifar", {}),
+         "cifar-kd-ls": ("cifar", {"LOGIT_STAND": True})}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_cached_run_equals_teacher_on_the_fly(case, tmp_path, teachers, losses):
+    kind, extra = CASES[case]
+    plain = train(_cfg(kind, tmp_path / "plain", teachers, **extra))
+    on_the_fly = list(losses)
+    losses.clear()
+    cached = train(_cfg(kind, tmp_path / "cached", teachers, **extra, **{"DISTILLER.TEACHER_CACHE": "build"}))
+    record = cached["teacher_cache"]
+    assert record["used"] and record["built"] and os.path.isdir(record["path"])
+    assert record["path"].startswith(str(tmp_path / "cached" / "teacher_cache"))
+    assert plain["teacher_cache"] == {"mode": "off", "used": False, "path": None}
+    _assert_close(losses, on_the_fly)
+    assert len(losses) == (6 if kind == "digits" else 4)  # 2 epochs of 3 steps, or of 16 images in 8s
+    assert cached["last_acc"] == plain["last_acc"]
+    assert [h["test_loss"] for h in cached["history"]] == pytest.approx([h["test_loss"] for h in plain["history"]],
+                                                                       rel=1e-5)
+
+
+def test_auto_uses_an_existing_cache_and_resume_stays_exact(tmp_path, teachers, monkeypatch):
+    opts = {"DISTILLER.TEACHER_CACHE": "auto", "DISTILLER.TEACHER_CACHE_DIR": str(tmp_path / "caches"),
+            "SOLVER.MAX_STEPS_PER_EPOCH": 4}
+    # 9 full epochs pay for a 9-view build: auto builds; a 2-epoch run with the same teacher then finds it
+    built = train(_cfg("digits", tmp_path / "long", teachers, epochs=9, **{
+        **opts, "SOLVER.MAX_STEPS_PER_EPOCH": 0, "SOLVER.BATCH_SIZE": 512}))
+    assert built["teacher_cache"]["built"]
+    reference = train(_cfg("digits", tmp_path / "ref", teachers, **opts))
+    assert reference["teacher_cache"]["used"] and "built" not in reference["teacher_cache"]
+    assert reference["teacher_cache"]["path"] == built["teacher_cache"]["path"]
+    original = trainer_mod.Trainer.train_step
+
+    def stop_mid_epoch_2(self, *args):
+        out = original(self, *args)
+        if self.global_step == 6:
+            self.stop_requested = True
+        return out
+
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", stop_mid_epoch_2)
+    with pytest.raises(TrainingInterrupted):
+        train(_cfg("digits", tmp_path / "cut", teachers, **opts))
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", original)
+    resumed = train(_cfg("digits", tmp_path / "cut", teachers, **opts), resume=True)
+    assert resumed["teacher_cache"]["used"]
+    a = torch.load(os.path.join(resumed["run_dir"], "student_latest"), weights_only=True)["model"]
+    b = torch.load(os.path.join(reference["run_dir"], "student_latest"), weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_auto_too_few_epochs_does_not_build_and_says_why(tmp_path, teachers, messages):
+    summary = train(_cfg("digits", tmp_path, teachers, **{"DISTILLER.TEACHER_CACHE": "auto"}))
+    record = summary["teacher_cache"]
+    assert not record["used"] and not os.path.exists(record["path"])
+    # 2 epochs of 3 steps of 32 images: 192 teacher forwards against 1437 x 9 for the build
+    why = "192 teacher forwards (2 epochs x 96 images) are fewer than the 12933 of building the cache (1437 images"
+    assert why in record["reason"] and "it pays from 135 epochs" in record["reason"]
+    assert any(m.startswith("teacher cache not used:") and why in m for m in messages)
+    assert summary["last_epoch"] == 2
+
+
+def test_auto_with_a_feature_method_says_why_and_trains(tmp_path, teachers, messages):
+    summary = train(_cfg("digits", tmp_path, teachers, CFG="fitnet", **{"DISTILLER.TEACHER_CACHE": "auto"}))
+    assert not summary["teacher_cache"]["used"] and summary["last_epoch"] == 2
+    assert any("DISTILLER.TYPE FITNET uses more of its teacher than the logits" in m for m in messages)
+
+
+def test_build_refuses_ineligible_configs(tmp_path, teachers):
+    with pytest.raises(ConfigError, match="DISTILLER.TEACHER_CACHE build: DISTILLER.TYPE FITNET uses more"):
+        _cfg("digits", tmp_path, teachers, CFG="fitnet", **{"DISTILLER.TEACHER_CACHE": "build"})
+    per_sample = _cfg("cifar", tmp_path, teachers, **{"DISTILLER.TEACHER_CACHE": "build", "DATASET.GPU_AUGMENT": False})
+    with pytest.raises(ConfigError, match="DISTILLER.TEACHER_CACHE build: "):
+        train(per_sample)
+    assert not os.path.exists(tmp_path / "teacher_cache")
+    with pytest.raises(ConfigError, match=r"DISTILLER.TEACHER_CACHE 'sometimes': use one of off, auto, build"):
+        _cfg("digits", tmp_path, teachers, **{"DISTILLER.TEACHER_CACHE": "sometimes"})
+    with pytest.raises(ConfigError, match=r"DISTILLER.TEACHER_CACHE_DTYPE 'float16': use one of float32, bfloat16"):
+        _cfg("digits", tmp_path, teachers, **{"DISTILLER.TEACHER_CACHE_DTYPE": "float16"})
+
+
+def _key_path(cfg, teacher_ckpt: str):
+    """The cache path a run of cfg with this teacher would use."""
+    from kdlab.engine.builder import build_everything
+    from kdlab.engine.teacher_cache_run import cache_root, compute_precision
+
+    splits, distiller = build_everything(cfg)
+    images, views = tc.discrete_views(splits)
+    key = tc.cache_key(distiller.teacher, images, views, dataset=cfg.DATASET.TYPE, teacher_name=cfg.DISTILLER.TEACHER,
+                       num_classes=splits.num_classes, dtype=cfg.DISTILLER.TEACHER_CACHE_DTYPE,
+                       precision=compute_precision(cfg))
+    return tc.cache_dir_for(cache_root(cfg), key)
+
+
+def test_a_cache_of_other_teacher_weights_is_refused(tmp_path, teachers, messages):
+    opts = {"DISTILLER.TEACHER_CACHE_DIR": str(tmp_path / "caches"), "SOLVER.MAX_STEPS_PER_EPOCH": 1}
+    first = train(_cfg("digits", tmp_path / "a", teachers, epochs=1, **opts, **{"DISTILLER.TEACHER_CACHE": "build"}))
+    other = {**opts, "DISTILLER.TEACHER_CKPT": teachers["digits2"]}
+    target = _key_path(_cfg("digits", tmp_path / "b", teachers, **other), teachers["digits2"])
+    shutil.copytree(first["teacher_cache"]["path"], target)  # teacher 1's logits where teacher 2's would be
+    summary = train(_cfg("digits", tmp_path / "b", teachers, epochs=1, **other, **{"DISTILLER.TEACHER_CACHE": "auto"}))
+    record = summary["teacher_cache"]
+    assert not record["used"] and record["path"] == target and "teacher" in record["refused"]
+    assert any(m.startswith("teacher cache not used: the cache at") and "does not match" in m for m in messages)
+    with pytest.raises(tc.CacheMismatch, match="does not match this run"):
+        train(_cfg("digits", tmp_path / "c", teachers, epochs=1, **other, **{"DISTILLER.TEACHER_CACHE": "build"}))
+
+
+def test_evaluation_never_uses_the_cache(tmp_path, teachers, monkeypatch):
+    summary = train(_cfg("digits", tmp_path / "run", teachers, epochs=1, **{"DISTILLER.TEACHER_CACHE": "build"}))
+    cache = tc.TeacherCache.open(summary["teacher_cache"]["path"])
+    looked_up = []
+    monkeypatch.setattr(type(cache), "lookup", lambda self, *a: looked_up.append(a))
+    from kdlab.data import build_dataloaders
+    from kdlab.engine.builder import build_everything
+
+    cfg = _cfg("digits", tmp_path / "eval", teachers)
+    splits, distiller = build_everything(cfg)
+    train_loader, val_loader, _ = build_dataloaders(cfg, splits=splits)
+    scores = [trainer_mod.Trainer(cfg, distiller, train_loader, val_loader, str(tmp_path / name), torch.device("cpu"),
+                                  teacher_cache=c).evaluate() for name, c in (("with", cache), ("without", None))]
+    assert scores[0] == scores[1] and not looked_up
