@@ -13,8 +13,10 @@ from fixtures_data import write_cifar
 
 from kdlab.config import load_cfg
 from kdlab.data import teacher_cache as tc
+from kdlab.distillers import Distiller
 from kdlab.engine import trainer as trainer_mod
 from kdlab.engine.run import train
+from kdlab.engine.teacher_cache_run import DeviceRows
 from kdlab.engine.trainer import TrainingInterrupted
 from kdlab.errors import ConfigError
 from kdlab.models import build_model
@@ -41,7 +43,7 @@ def teachers(tmp_path_factory) -> dict:
         torch.manual_seed(seed)
         out[name] = _save(build_model(arch, classes, **({"in_channels": 1} if "digits" in name else {})),
                           folder / f"{name}.pth")
-    write_cifar(folder / "cifar", "cifar100", n_train=16, n_test=8)
+    write_cifar(folder / "cifar", "cifar100", n_train=8, n_test=4)
     out["cifar_root"] = str(folder / "cifar")
     return out
 
@@ -49,7 +51,7 @@ def teachers(tmp_path_factory) -> dict:
 def _cfg(kind: str, prefix, teachers: dict, epochs: int = 2, **extra):
     if kind == "cifar":
         extra = {"DATASET.ROOT": teachers["cifar_root"], "DISTILLER.TEACHER": "resnet8", "DISTILLER.STUDENT": "resnet8",
-                 "DISTILLER.TEACHER_CKPT": teachers["cifar"], "SOLVER.BATCH_SIZE": 8, "DATASET.TEST.BATCH_SIZE": 8,
+                 "DISTILLER.TEACHER_CKPT": teachers["cifar"], "SOLVER.BATCH_SIZE": 4, "DATASET.TEST.BATCH_SIZE": 4,
                  **extra}
         path = extra.pop("CFG", CIFAR_KD)
     else:
@@ -62,15 +64,22 @@ def _cfg(kind: str, prefix, teachers: dict, epochs: int = 2, **extra):
 
 @pytest.fixture
 def losses(monkeypatch) -> list:
-    """Every training step's loss terms, in order."""
-    out, step = [], trainer_mod.Trainer.train_step
+    """Every training step's loss terms, in order, and with them whether the teacher ran in that step."""
+    out, step, forward = [], trainer_mod.Trainer.train_step, Distiller.teacher_forward
+    calls = []
 
     def recorded(self, *args):
+        calls.clear()
         terms = step(self, *args)
-        out.append({k: v.item() for k, v in terms.items()})
+        out.append({**{k: v.item() for k, v in terms.items()}, "teacher_ran": bool(calls)})
         return terms
 
+    def counted(self, image):
+        calls.append(1)
+        return forward(self, image)
+
     monkeypatch.setattr(trainer_mod.Trainer, "train_step", recorded)
+    monkeypatch.setattr(Distiller, "teacher_forward", counted)
     return out
 
 
@@ -84,15 +93,17 @@ def messages() -> list:
     logging.getLogger("kdlab").removeHandler(handler)
 
 
-def _assert_close(a: list, b: list) -> None:
-    assert len(a) == len(b) and a and a[0].keys() == b[0].keys()
-    for x, y in zip(a, b):
+def _assert_close(cached: list, on_the_fly: list) -> None:
+    assert len(cached) == len(on_the_fly) and cached and cached[0].keys() == on_the_fly[0].keys()
+    for x, y in zip(cached, on_the_fly):
+        assert not x.pop("teacher_ran") and y.pop("teacher_ran")  # the cache stood in for the teacher
         for k in x:
             assert x[k] == pytest.approx(y[k], rel=2e-6, abs=1e-7), (k, x[k], y[k])
 
 
 CASES = {"digits-kd": ("digits", {}), "digits-dkd-ls": ("digits", {"CFG": "dkd", "LOGIT_STAND": True}),
-         "digits-dot": ("digits", {"CFG": "dot"}), "cifar-kd": ("cifar", {}),
+         "digits-dot": ("digits", {"CFG": "dot"}), "digits-val-split": ("digits", {"DATASET.VAL_SPLIT": 0.2}),
+         "cifar-kd": ("cifar", {}),
          "cifar-kd-ls": ("cifar", {"LOGIT_STAND": True})}
 
 
@@ -108,7 +119,7 @@ def test_cached_run_equals_teacher_on_the_fly(case, tmp_path, teachers, losses):
     assert record["path"].startswith(str(tmp_path / "cached" / "teacher_cache"))
     assert plain["teacher_cache"] == {"mode": "off", "used": False, "path": None}
     _assert_close(losses, on_the_fly)
-    assert len(losses) == (6 if kind == "digits" else 4)  # 2 epochs of 3 steps, or of 16 images in 8s
+    assert len(losses) == (6 if kind == "digits" else 4)  # 2 epochs of 3 steps, or of 8 images in 4s
     assert cached["last_acc"] == plain["last_acc"]
     assert [h["test_loss"] for h in cached["history"]] == pytest.approx([h["test_loss"] for h in plain["history"]],
                                                                        rel=1e-5)
@@ -164,7 +175,7 @@ def test_build_refuses_ineligible_configs(tmp_path, teachers):
     with pytest.raises(ConfigError, match="DISTILLER.TEACHER_CACHE build: DISTILLER.TYPE FITNET uses more"):
         _cfg("digits", tmp_path, teachers, CFG="fitnet", **{"DISTILLER.TEACHER_CACHE": "build"})
     per_sample = _cfg("cifar", tmp_path, teachers, **{"DISTILLER.TEACHER_CACHE": "build", "DATASET.GPU_AUGMENT": False})
-    with pytest.raises(ConfigError, match="DISTILLER.TEACHER_CACHE build: "):
+    with pytest.raises(ConfigError, match="DISTILLER.TEACHER_CACHE build: DATASET.GPU_AUGMENT is False"):
         train(per_sample)
     assert not os.path.exists(tmp_path / "teacher_cache")
     with pytest.raises(ConfigError, match=r"DISTILLER.TEACHER_CACHE 'sometimes': use one of off, auto, build"):
@@ -173,24 +184,19 @@ def test_build_refuses_ineligible_configs(tmp_path, teachers):
         _cfg("digits", tmp_path, teachers, **{"DISTILLER.TEACHER_CACHE_DTYPE": "float16"})
 
 
-def _key_path(cfg, teacher_ckpt: str):
-    """The cache path a run of cfg with this teacher would use."""
+def _key_path(cfg) -> str:
+    """The cache path a run of cfg would use."""
     from kdlab.engine.builder import build_everything
-    from kdlab.engine.teacher_cache_run import cache_root, compute_precision
 
     splits, distiller = build_everything(cfg)
-    images, views = tc.discrete_views(splits)
-    key = tc.cache_key(distiller.teacher, images, views, dataset=cfg.DATASET.TYPE, teacher_name=cfg.DISTILLER.TEACHER,
-                       num_classes=splits.num_classes, dtype=cfg.DISTILLER.TEACHER_CACHE_DTYPE,
-                       precision=compute_precision(cfg))
-    return tc.cache_dir_for(cache_root(cfg), key)
+    return tc.resolve_cache(cfg, distiller.teacher, splits).path
 
 
 def test_a_cache_of_other_teacher_weights_is_refused(tmp_path, teachers, messages):
     opts = {"DISTILLER.TEACHER_CACHE_DIR": str(tmp_path / "caches"), "SOLVER.MAX_STEPS_PER_EPOCH": 1}
     first = train(_cfg("digits", tmp_path / "a", teachers, epochs=1, **opts, **{"DISTILLER.TEACHER_CACHE": "build"}))
     other = {**opts, "DISTILLER.TEACHER_CKPT": teachers["digits2"]}
-    target = _key_path(_cfg("digits", tmp_path / "b", teachers, **other), teachers["digits2"])
+    target = _key_path(_cfg("digits", tmp_path / "b", teachers, **other))
     shutil.copytree(first["teacher_cache"]["path"], target)  # teacher 1's logits where teacher 2's would be
     summary = train(_cfg("digits", tmp_path / "b", teachers, epochs=1, **other, **{"DISTILLER.TEACHER_CACHE": "auto"}))
     record = summary["teacher_cache"]
@@ -203,6 +209,9 @@ def test_a_cache_of_other_teacher_weights_is_refused(tmp_path, teachers, message
 def test_evaluation_never_uses_the_cache(tmp_path, teachers, monkeypatch):
     summary = train(_cfg("digits", tmp_path / "run", teachers, epochs=1, **{"DISTILLER.TEACHER_CACHE": "build"}))
     cache = tc.TeacherCache.open(summary["teacher_cache"]["path"])
+    index, views = torch.randint(0, cache.num_images, (50,)), torch.randint(0, cache.num_views, (50,))
+    resident = DeviceRows(cache, torch.device("cpu"), rows_per_copy=1000)  # what CUDA runs use, here on the CPU
+    assert torch.equal(resident.lookup(index, views, "cpu"), cache.lookup(index, views, "cpu"))
     looked_up = []
     monkeypatch.setattr(type(cache), "lookup", lambda self, *a: looked_up.append(a))
     from kdlab.data import build_dataloaders

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from kdlab.benchmark.data import CIFAR_SIZES, sync
-from kdlab.engine.teacher_cache_run import BUILD_BATCH, compute_precision
+from kdlab.engine.teacher_cache_run import BUILD_BATCH, device_resident
 from kdlab.engine.trainer import Trainer
 from kdlab.errors import ConfigError
 
@@ -34,7 +34,7 @@ def build_bench_cache(trainer: Trainer, images: torch.Tensor, folder: str, batch
     cfg = trainer.cfg
     key = tc.cache_key(trainer.distiller.teacher, images, views, dataset=cfg.DATASET.TYPE,
                        teacher_name=cfg.DISTILLER.TEACHER, num_classes=trainer.num_classes,
-                       dtype=cfg.DISTILLER.TEACHER_CACHE_DTYPE, precision=compute_precision(cfg))
+                       dtype=cfg.DISTILLER.TEACHER_CACHE_DTYPE, precision=tc.compute_precision(cfg))
     sync(trainer.device)
     start = time.perf_counter()
     cache = tc.build_teacher_cache(trainer.distiller.teacher, images, views, os.path.join(folder, "cache"), key,
@@ -80,7 +80,7 @@ def cached_step(trainer: Trainer, batch, n_images: int, folder: str, build_image
         extra = torch.randint(0, 256, (build_images - n_images, *images.shape[1:]), dtype=torch.uint8, generator=g)
         images = torch.cat([images.cpu(), extra])
     cache, seconds = build_bench_cache(trainer, images, folder, build_batch)
-    trainer.teacher_cache = cache
+    trainer.teacher_cache = device_resident(cache, trainer.device)  # as a training run does
     facts = {"images": len(images), "views": cache.num_views, "dtype": str(cache.dtype), "build_s": round(seconds, 3),
              "build_batch": build_batch, "image_views_per_s": len(images) * cache.num_views / max(seconds, 1e-9),
              "lookup_max_abs_diff": check_lookup(trainer, batch)}

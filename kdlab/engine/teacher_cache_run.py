@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,13 +29,13 @@ from kdlab.errors import ConfigError
 
 log = logging.getLogger("kdlab")
 
-AMP_PRECISION = {"bfloat16": "bf16", "float16": "fp16"}
 BUILD_BATCH = 512  # image-views per teacher batch while building
+DEVICE_RESIDENT_FRACTION = 0.25  # on CUDA, a cache up to this share of the free memory is copied there
 
 
 @dataclass
-class CachePlan:
-    """What this run does with the cache: `cache` is None when it runs the teacher on the fly (`reason` says why)."""
+class CacheUse:
+    """What this run does with the cache: `cache` is None when it runs the teacher on the fly (record["reason"])."""
 
     cache: Any = None  # kdlab.data.teacher_cache.TeacherCache
     record: dict = field(default_factory=dict)  # metrics.json "teacher_cache"
@@ -46,27 +45,16 @@ class CachePlan:
         return self.cache is not None
 
 
-def compute_precision(cfg: CfgNode) -> str:
-    """The run's teacher precision as the cache key names it: fp32, or bf16 / fp16 under SOLVER.AMP."""
-    if cfg.SOLVER.AMP == "auto":
-        raise ValueError("SOLVER.AMP auto must be resolved first (kdlab.engine.precision.apply)")
-    return AMP_PRECISION[cfg.SOLVER.AMP_DTYPE] if cfg.SOLVER.AMP else "fp32"
-
-
-def cache_root(cfg: CfgNode) -> str:
-    return cfg.DISTILLER.TEACHER_CACHE_DIR or os.path.join(cfg.LOG.PREFIX, "teacher_cache")
-
-
-def ineligible(cfg: CfgNode, distiller, splits) -> str | tuple:
-    """(images, view space) of this run's training augmentation, or the one-line reason no cache can serve it."""
-    from kdlab.data.teacher_cache import discrete_views
+def resolve(cfg: CfgNode, distiller, splits):
+    """The run's kdlab.data.teacher_cache.CachePlan (images, views, key, path), or the one-line reason none serves."""
+    from kdlab.data.teacher_cache import resolve_cache
 
     if distiller.teacher is None:
         return f"DISTILLER.TYPE {cfg.DISTILLER.TYPE} has no teacher"
     if not type(distiller).teacher_logits_only:
         return (f"DISTILLER.TYPE {cfg.DISTILLER.TYPE} uses more of its teacher than the logits of one view "
                 "(features, or two views)")
-    return discrete_views(splits)
+    return resolve_cache(cfg, distiller.teacher, splits)
 
 
 def run_teacher_forwards(cfg: CfgNode, num_train: int, remaining_epochs: int) -> int:
@@ -90,22 +78,18 @@ def pays_off(cfg: CfgNode, num_train: int, num_views: int, remaining_epochs: int
 
 def plan_teacher_cache(cfg: CfgNode, distiller, splits, device: torch.device,
                        autocast: Optional[Callable[[], contextlib.AbstractContextManager]] = None,
-                       remaining_epochs: Optional[int] = None) -> CachePlan:
+                       remaining_epochs: Optional[int] = None) -> CacheUse:
     """Resolve DISTILLER.TEACHER_CACHE for this run (after SOLVER.AMP is resolved, before compiling the teacher)."""
     from kdlab.data import teacher_cache as tc
 
     mode = cfg.DISTILLER.TEACHER_CACHE
     record = {"mode": mode, "used": False, "path": None}
     if mode == "off":
-        return CachePlan(record=record)
-    found = ineligible(cfg, distiller, splits)
-    if isinstance(found, str):
-        return _not_used(mode, record, found, ConfigError)
-    images, views = found
-    key = tc.cache_key(distiller.teacher, images, views, dataset=cfg.DATASET.TYPE,
-                       teacher_name=cfg.DISTILLER.TEACHER, num_classes=splits.num_classes,
-                       dtype=cfg.DISTILLER.TEACHER_CACHE_DTYPE, precision=compute_precision(cfg))
-    path = tc.cache_dir_for(cache_root(cfg), key)
+        return CacheUse(record=record)
+    plan = resolve(cfg, distiller, splits)
+    if isinstance(plan, str):
+        return _not_used(mode, record, plan, ConfigError)
+    images, views, key, path = plan.images, plan.views, plan.key, plan.path
     record.update(path=path, num_images=len(images), num_views=views.num_views)
     try:
         cache = tc.TeacherCache.open(path, expected_key=key)
@@ -119,7 +103,7 @@ def plan_teacher_cache(cfg: CfgNode, distiller, splits, device: torch.device,
     else:
         log.info("teacher cache: using %s (%d images x %d views, %s)", path, len(images), views.num_views,
                  cfg.DISTILLER.TEACHER_CACHE_DTYPE)
-        return CachePlan(cache, {**record, "used": True})
+        return CacheUse(device_resident(cache, device), {**record, "used": True})
     remaining = cfg.SOLVER.EPOCHS if remaining_epochs is None else remaining_epochs
     pays, why = pays_off(cfg, len(images), views.num_views, remaining)
     if mode == "auto" and problem is None and not pays:
@@ -140,18 +124,56 @@ def plan_teacher_cache(cfg: CfgNode, distiller, splits, device: torch.device,
     seconds = time.perf_counter() - start
     log.info("teacher cache: built %s in %.1f s (%.0f image-views/s)", path, seconds,
              len(images) * views.num_views / max(seconds, 1e-9))
-    return CachePlan(cache, {**record, "used": True, "built": True, "build_s": round(seconds, 3)})
+    return CacheUse(device_resident(cache, device), {**record, "used": True, "built": True,
+                                                     "build_s": round(seconds, 3)})
 
 
-def _not_used(mode: str, record: dict, reason: str, error: Optional[type]) -> CachePlan:
+def _not_used(mode: str, record: dict, reason: str, error: Optional[type]) -> CacheUse:
     """auto: say why and run the teacher on the fly; build: the error naming the reason."""
     if mode == "build" and error is not None:
         raise error(f"DISTILLER.TEACHER_CACHE build: {reason}; set DISTILLER.TEACHER_CACHE off or auto")
     log.info("teacher cache not used: %s", reason)
-    return CachePlan(record={**record, "reason": reason})
+    return CacheUse(record={**record, "reason": reason})
 
 
-def deliver_view_ids(train_loader, plan: CachePlan) -> None:
+class DeviceRows:
+    """A cache's logits copied once into device memory: lookups gather there, so the trainer's step keeps no host
+    sync (the memory-mapped lookup reads view ids drawn on the device back to the host). Same values as the
+    cache's lookup: stored float32 rows, or bfloat16 ones (exact in bfloat16), widened to float32 on lookup."""
+
+    def __init__(self, cache, device: torch.device, rows_per_copy: int = 1 << 16) -> None:
+        self.cache, self.num_views = cache, cache.num_views
+        dtype = torch.bfloat16 if cache.dtype == "bfloat16" else torch.float32
+        total = cache.num_images * cache.num_views
+        self.rows = torch.empty((total, cache.num_classes), dtype=dtype, device=device)
+        for start in range(0, total, rows_per_copy):
+            flat = torch.arange(start, min(start + rows_per_copy, total))
+            self.rows[start:start + len(flat)] = cache.lookup(flat // self.num_views, flat % self.num_views,
+                                                              device).to(dtype)
+
+    def __getattr__(self, name: str):
+        return getattr(self.__dict__["cache"], name)
+
+    def lookup(self, index: torch.Tensor, views: torch.Tensor, device) -> torch.Tensor:
+        flat = index.to(self.rows.device, non_blocking=True) * self.num_views + views.to(self.rows.device)
+        return self.rows[flat].float()
+
+
+def device_resident(cache, device: torch.device):
+    """On CUDA, the cache as DeviceRows when it takes at most DEVICE_RESIDENT_FRACTION of the free memory."""
+    if device.type != "cuda":
+        return cache
+    need = cache.num_images * cache.num_views * cache.num_classes * (2 if cache.dtype == "bfloat16" else 4)
+    free, _ = torch.cuda.mem_get_info(device)
+    if need > DEVICE_RESIDENT_FRACTION * free:
+        log.info("teacher cache: %.0f MB read from the memory map per step (too large to copy into %s)",
+                 need / 2**20, device)
+        return cache
+    log.info("teacher cache: %.0f MB copied into %s memory (lookups without a host sync)", need / 2**20, device)
+    return DeviceRows(cache, device)
+
+
+def deliver_view_ids(train_loader, plan: CacheUse) -> None:
     """A per-sample dataset (digits) returns (image, target, index, view) while the cache is in use."""
     splits = getattr(train_loader, "splits", None)
     if not plan.used or splits is None or splits.train_batch_transform is not None:
