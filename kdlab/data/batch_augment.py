@@ -17,6 +17,11 @@ torchvision's RandomCrop(H, padding) + RandomHorizontalFlip() -- and for the sam
 flip its output equals `ToTensor` + `Normalize` of torchvision's result bit for bit on CPU.
 It pads once and gathers every crop (flipped or not) with one index grid, so the cost is a
 few tensor kernels per batch instead of a Python loop over images.
+
+Both classes are also *view spaces* (kdlab.data.teacher_cache): every outcome of the augmentation
+has a view id in [0, num_views), `sample_views(n, generator)` draws exactly what `__call__` draws
+(encoded), and `render(batch, views)` produces those views, so `render(batch, sample_views(n, g))`
+equals `transform(batch, g')` bit for bit when g and g' start from the same seed.
 """
 
 from __future__ import annotations
@@ -62,6 +67,23 @@ class BatchNormalize:
         return out
 
     def __call__(self, batch: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        return self.normalize(batch)
+
+    # The view space (kdlab.data.teacher_cache): no augmentation, one view per image.
+    num_views = 1
+
+    def view_key(self) -> dict:
+        """The parameters that fix every view's pixels (part of a teacher cache's key)."""
+        return {"kind": "normalize", "mean": list(self.mean), "std": list(self.std), "size": self.size}
+
+    def sample_views(
+        self, n: int, generator: Optional[torch.Generator] = None, device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
+        """View ids of n images; no draws (as __call__ makes none)."""
+        return torch.zeros(n, dtype=torch.int64, device=device)
+
+    def render(self, batch: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        """The training images of the given views (here: the normalized batch)."""
         return self.normalize(batch)
 
     def __getstate__(self) -> dict:
@@ -112,14 +134,50 @@ class BatchCropFlipNormalize(BatchNormalize):
         return padded.view(n, c, -1).gather(2, index).view(n, c, h, w)
 
     def __call__(self, batch: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        if batch.dtype != torch.uint8 or batch.dim() != 4:
-            raise TypeError(f"expected a uint8 (N, C, H, W) batch, got {batch.dtype} {tuple(batch.shape)}")
+        _check_batch(batch)
         top, left, flip = self.sample_params(batch.shape[0], generator, batch.device)
         return self.normalize(self.crop_flip(batch, top, left, flip))
+
+    # The view space: view = (top * (2p + 1) + left) * F + flip, F = 2 with flips, else 1.
+    @property
+    def num_views(self) -> int:
+        return (2 * self.padding + 1) ** 2 * (2 if self.flip else 1)
+
+    def view_key(self) -> dict:
+        return {**super().view_key(), "kind": "crop_flip", "padding": self.padding, "flip": self.flip}
+
+    def encode_views(self, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+        """(top, left, flip) -> view ids (int64)."""
+        flips = 2 if self.flip else 1
+        return (top.long() * (2 * self.padding + 1) + left.long()) * flips + flip.long()
+
+    def decode_views(self, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """View ids -> (top, left, flip), as sample_params returns them."""
+        flips = 2 if self.flip else 1
+        offset, flip = views.long().div(flips, rounding_mode="floor"), views.long().remainder(flips).bool()
+        span = 2 * self.padding + 1
+        return offset.div(span, rounding_mode="floor"), offset.remainder(span), flip
+
+    def sample_views(
+        self, n: int, generator: Optional[torch.Generator] = None, device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
+        """The draws of sample_params, encoded: render(batch, sample_views(n, g)) == __call__(batch, g') bit for
+        bit when g and g' start from the same seed."""
+        return self.encode_views(*self.sample_params(n, generator, device))
+
+    def render(self, batch: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        """The batch augmented with the given view ids (N,) and normalized."""
+        _check_batch(batch)
+        return self.normalize(self.crop_flip(batch, *self.decode_views(views.to(batch.device))))
 
     def __repr__(self) -> str:
         args = f"padding={self.padding}, flip={self.flip}, mean={self.mean}, std={self.std}, size={self.size}"
         return f"BatchCropFlipNormalize({args})"
+
+
+def _check_batch(batch: torch.Tensor) -> None:
+    if batch.dtype != torch.uint8 or batch.dim() != 4:
+        raise TypeError(f"expected a uint8 (N, C, H, W) batch, got {batch.dtype} {tuple(batch.shape)}")
 
 
 def _sync(device: torch.device) -> None:

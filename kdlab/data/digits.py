@@ -9,8 +9,6 @@ image before that standardization (and replaces the built-in 1-pixel shift for t
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
@@ -48,12 +46,49 @@ class TensorImageDataset(Dataset):
         return image, int(self.targets[index]), index
 
 
-def random_shift(image: torch.Tensor, pad: int = 1, fill: float = 0.0) -> torch.Tensor:
-    """Random translation by up to `pad` pixels, new pixels set to `fill` (the background)."""
-    h, w = image.shape[-2:]
-    padded = torch.nn.functional.pad(image, (pad, pad, pad, pad), value=fill)
-    i, j = torch.randint(0, 2 * pad + 1, (2,)).tolist()
-    return padded[..., i : i + h, j : j + w]
+class RandomShift:
+    """Random translation by up to `pad` pixels, new pixels set to `fill` (the background).
+
+    A view space (kdlab.data.teacher_cache): view = i * (2 * pad + 1) + j for the crop at (i, j) of
+    the padded image; `__call__` draws (i, j) from the torch RNG with one randint call.
+    """
+
+    def __init__(self, pad: int = 1, fill: float = 0.0) -> None:
+        self.pad, self.fill = int(pad), float(fill)
+
+    @property
+    def num_views(self) -> int:
+        return (2 * self.pad + 1) ** 2
+
+    def view_key(self) -> dict:
+        """The parameters that fix every view's pixels (part of a teacher cache's key)."""
+        return {"kind": "shift", "pad": self.pad, "fill": self.fill}
+
+    def sample_view(self) -> int:
+        i, j = torch.randint(0, 2 * self.pad + 1, (2,)).tolist()
+        return i * (2 * self.pad + 1) + j
+
+    def apply(self, image: torch.Tensor, view: int) -> torch.Tensor:
+        """The image (..., H, W) shifted as view `view` says."""
+        h, w = image.shape[-2:]
+        i, j = divmod(int(view), 2 * self.pad + 1)
+        padded = torch.nn.functional.pad(image, (self.pad,) * 4, value=self.fill)
+        return padded[..., i : i + h, j : j + w]
+
+    def render(self, batch: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        """A batch (N, C, H, W), image k shifted as views[k] says."""
+        views = views.to(batch.device)
+        out = torch.empty_like(batch)
+        for view in views.unique().tolist():
+            rows = views == view
+            out[rows] = self.apply(batch[rows], view)
+        return out
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return self.apply(image, self.sample_view())
+
+    def __repr__(self) -> str:
+        return f"RandomShift(pad={self.pad}, fill={self.fill})"
 
 
 def load_digits_raw() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -91,13 +126,14 @@ class DigitsTwoViews:
         from torchvision.transforms import RandomErasing
 
         self.background = background
+        self.weak_shift, self.strong_shift = RandomShift(1, background), RandomShift(2, background)
         self.erase = RandomErasing(p=0.5, scale=(0.05, 0.25), ratio=(0.5, 2.0), value=background)
 
     def weak(self, image: torch.Tensor) -> torch.Tensor:
-        return random_shift(image, pad=1, fill=self.background)
+        return self.weak_shift(image)
 
     def strong(self, image: torch.Tensor) -> torch.Tensor:
-        return self.erase(random_shift(image, pad=2, fill=self.background))
+        return self.erase(self.strong_shift(image))
 
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.weak(image), self.strong(image)
@@ -123,7 +159,7 @@ def build_digits(cfg, two_views: bool = False) -> DatasetSplits:
     else:
         x_tr, y_tr, x_te, y_te = load_digits_split()
     background = float(x_tr.min())  # raw 0 is the smallest standardized pixel value
-    train_tf = functools.partial(random_shift, pad=1, fill=background) if cfg.DATASET.AUGMENT else None
+    train_tf = RandomShift(pad=1, fill=background) if cfg.DATASET.AUGMENT else None
     if two_views:  # without DATASET.AUGMENT both views are the unaugmented image
         train_tf = DigitsTwoViews(background=background) if cfg.DATASET.AUGMENT else _identity_views
     val_tf = None
