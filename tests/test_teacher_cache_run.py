@@ -197,12 +197,17 @@ def test_a_cache_of_other_teacher_weights_is_refused(tmp_path, teachers, message
     first = train(_cfg("digits", tmp_path / "a", teachers, epochs=1, **opts, **{"DISTILLER.TEACHER_CACHE": "build"}))
     other = {**opts, "DISTILLER.TEACHER_CKPT": teachers["digits2"]}
     target = _key_path(_cfg("digits", tmp_path / "b", teachers, **other))
+    # none at teacher 2's path: auto says so, names the cache of teacher 1 beside it and how it differs
+    missing = train(_cfg("digits", tmp_path / "b0", teachers, epochs=1, **other, **{"DISTILLER.TEACHER_CACHE": "auto"}))
+    assert f"no cache at {target} ({first['teacher_cache']['path']} is for other settings: teacher weights differ" in (
+        missing["teacher_cache"]["reason"])
     shutil.copytree(first["teacher_cache"]["path"], target)  # teacher 1's logits where teacher 2's would be
     summary = train(_cfg("digits", tmp_path / "b", teachers, epochs=1, **other, **{"DISTILLER.TEACHER_CACHE": "auto"}))
     record = summary["teacher_cache"]
     assert not record["used"] and record["path"] == target and "teacher" in record["refused"]
-    assert any(m.startswith("teacher cache not used: the cache at") and "does not match" in m for m in messages)
-    with pytest.raises(tc.CacheMismatch, match="does not match this run"):
+    assert any(m.startswith(f"teacher cache not used: teacher cache {target} does not match this run: teacher "
+                            "weights differ") for m in messages)
+    with pytest.raises(tc.CacheMismatch, match="DISTILLER.TEACHER_CACHE build: teacher cache .* weights differ"):
         train(_cfg("digits", tmp_path / "c", teachers, epochs=1, **other, **{"DISTILLER.TEACHER_CACHE": "build"}))
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -97,7 +98,7 @@ def plan_teacher_cache(cfg: CfgNode, distiller, splits, device: torch.device,
         problem = None
     except tc.CacheMismatch as exc:  # never used: the cache holds some other teacher's or augmentation's logits
         record["refused"] = str(exc)
-        return _not_used(mode, record, f"the cache at {path} does not match this run: {exc}", tc.CacheMismatch)
+        return _not_used(mode, record, str(exc), tc.CacheMismatch)
     except tc.CacheCorrupt as exc:
         problem = str(exc)
     else:
@@ -107,8 +108,8 @@ def plan_teacher_cache(cfg: CfgNode, distiller, splits, device: torch.device,
     remaining = cfg.SOLVER.EPOCHS if remaining_epochs is None else remaining_epochs
     pays, why = pays_off(cfg, len(images), views.num_views, remaining)
     if mode == "auto" and problem is None and not pays:
-        return _not_used(mode, record, f"no cache at {path}, and {why}: build it once for several runs with "
-                                       "tools/cache_teacher.py --cfg <this config>", None)
+        return _not_used(mode, record, f"no cache at {path}{near_miss(path, key)}, and {why}: build it once for "
+                                       "several runs with tools/cache_teacher.py --cfg <this config>", None)
     if dist_utils.is_distributed():
         state = f"is incomplete or corrupt ({problem})" if problem else "does not exist"
         raise ConfigError(f"DISTILLER.TEACHER_CACHE {mode}: the teacher cache {path} {state}; under torchrun it is "
@@ -126,6 +127,25 @@ def plan_teacher_cache(cfg: CfgNode, distiller, splits, device: torch.device,
              len(images) * views.num_views / max(seconds, 1e-9))
     return CacheUse(device_resident(cache, device), {**record, "used": True, "built": True,
                                                      "build_s": round(seconds, 3)})
+
+
+def near_miss(path: str, key: dict) -> str:
+    """"; <dir> is for other settings: <the first differing key field>" for a cache of the same dataset and teacher
+    under the same root (e.g. built at another compute precision), or ""."""
+    from kdlab.data.cache_store import CacheCorrupt, key_difference, read_meta
+
+    root, name = os.path.split(path)
+    prefix = name.rsplit("_", 1)[0] + "_"
+    for other in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        if not other.startswith(prefix) or other == name:
+            continue
+        try:
+            difference = key_difference(read_meta(os.path.join(root, other))["key"], key)
+        except (FileNotFoundError, CacheCorrupt):
+            continue
+        if difference:
+            return f" ({os.path.join(root, other)} is for other settings: {difference})"
+    return ""
 
 
 def _not_used(mode: str, record: dict, reason: str, error: Optional[type]) -> CacheUse:
