@@ -37,6 +37,8 @@ COMMON = {"SOLVER.EPOCHS": 2, "SOLVER.MAX_STEPS_PER_EPOCH": 2, "SOLVER.BATCH_SIZ
 CONTEXT = {"SOLVER.MIN_LR": {"SOLVER.SCHEDULER": "cosine", "SOLVER.WARMUP_EPOCHS": 0},
            "SOLVER.BETAS": {"SOLVER.TYPE": "Adam"}, "SOLVER.AMP_DTYPE": {"SOLVER.AMP": True},
            "SOLVER.DOT.DELTA": {"SOLVER.TRAINER": "dot"},
+           "DISTILLER.TEACHER_CACHE_DIR": {"DISTILLER.TEACHER_CACHE": "build"},
+           "DISTILLER.TEACHER_CACHE_DTYPE": {"DISTILLER.TEACHER_CACHE": "build"},
            "CTKD.HIDDEN": {"CTKD.MODE": "instance"}, "LG.EXTRA_WEIGHT_IN": {"EXPERIMENT.LOGIT_STAND": True},
            **{f"LG.{k}": {"LG.ENABLE_INTER": True} for k in ("INTER_TRANSFORM", "INTER_TEACHER_INDEX",
                                                              "INTER_STUDENT_INDEX", "INTER_WEIGHT")}}
@@ -278,6 +280,8 @@ def _value(key: str, current, ckpts: dict):
         "DISTILLER.TYPE": "DKD", "DISTILLER.STUDENT": "digits_teacher",
         "DISTILLER.TEACHER": ("digits_student", {"DISTILLER.TEACHER_CKPT": ckpts["student"]}),
         "DISTILLER.TEACHER_CKPT": ckpts["teacher2"], "DISTILLER.STUDENT_PRETRAINED": ckpts["student"],
+        "DISTILLER.TEACHER_CACHE": "build", "DISTILLER.TEACHER_CACHE_DIR": "{root}/caches",
+        "DISTILLER.TEACHER_CACHE_DTYPE": "bfloat16",
         "SOLVER.TRAINER": "aug", "SOLVER.TYPE": "Adam", "SOLVER.SCHEDULER": "cosine", "SOLVER.LR_DECAY_STAGES": [],
         "SOLVER.BETAS": [0.5, 0.9], "SOLVER.AMP_DTYPE": "float16", "CONKD.SUPCON_VARIANT": "seed",
         "CTKD.MODE": "instance",
