@@ -228,3 +228,23 @@ def test_evaluation_never_uses_the_cache(tmp_path, teachers, monkeypatch):
     scores = [trainer_mod.Trainer(cfg, distiller, train_loader, val_loader, str(tmp_path / name), torch.device("cpu"),
                                   teacher_cache=c).evaluate() for name, c in (("with", cache), ("without", None))]
     assert scores[0] == scores[1] and not looked_up
+
+
+def test_under_torchrun_an_existing_cache_is_used_and_a_missing_one_is_an_error(tmp_path, teachers, monkeypatch):
+    from kdlab import distributed as dist_utils
+    from kdlab.engine import teacher_cache_run
+    from kdlab.engine.builder import build_everything
+
+    opts = {"DISTILLER.TEACHER_CACHE_DIR": str(tmp_path / "caches"), "DISTILLER.TEACHER_CACHE": "build"}
+    cfg = _cfg("digits", tmp_path, teachers, **opts)
+    splits, distiller = build_everything(cfg)
+    monkeypatch.setattr(dist_utils, "is_distributed", lambda: True)
+    with pytest.raises(ConfigError, match=r"does not exist; under torchrun it is not built: build it first with "
+                                          r"tools/cache_teacher.py --cfg"):
+        teacher_cache_run.plan_teacher_cache(cfg, distiller, splits, torch.device("cpu"))
+    monkeypatch.setattr(dist_utils, "is_distributed", lambda: False)
+    built = teacher_cache_run.plan_teacher_cache(cfg, distiller, splits, torch.device("cpu"))
+    monkeypatch.setattr(dist_utils, "is_distributed", lambda: True)
+    used = teacher_cache_run.plan_teacher_cache(cfg, distiller, splits, torch.device("cpu"))
+    assert built.record["built"] and used.used and "built" not in used.record
+    assert used.record["path"] == built.record["path"]
