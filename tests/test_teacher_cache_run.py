@@ -248,3 +248,22 @@ def test_under_torchrun_an_existing_cache_is_used_and_a_missing_one_is_an_error(
     used = teacher_cache_run.plan_teacher_cache(cfg, distiller, splits, torch.device("cpu"))
     assert built.record["built"] and used.used and "built" not in used.record
     assert used.record["path"] == built.record["path"]
+
+
+def test_a_corrupt_cache_is_repaired_under_auto_and_says_so(tmp_path, teachers, messages):
+    opts = {"DISTILLER.TEACHER_CACHE_DIR": str(tmp_path / "caches"), "SOLVER.MAX_STEPS_PER_EPOCH": 1}
+    first = train(_cfg("digits", tmp_path / "a", teachers, epochs=1, **opts, **{"DISTILLER.TEACHER_CACHE": "build"}))
+    path = first["teacher_cache"]["path"]
+    good = tc.TeacherCache.open(path).lookup(torch.arange(3), torch.arange(3), "cpu")
+    with open(os.path.join(path, "logits.bin"), "r+b") as f:  # flip a byte of image 0's rows
+        byte = f.read(1)
+        f.seek(0)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(tc.CacheCorrupt):
+        tc.TeacherCache.open(path)
+    # a 1-epoch run does not pay for a build, but a damaged cache is repaired whatever the run's length
+    again = train(_cfg("digits", tmp_path / "b", teachers, epochs=1, **opts, **{"DISTILLER.TEACHER_CACHE": "auto"}))
+    record = again["teacher_cache"]
+    assert record["used"] and record["built"] and "fails its sha256 checksum" in record["repaired"]
+    assert any("rebuilding the chunks that fail their checksum" in m for m in messages)
+    assert torch.equal(tc.TeacherCache.open(path).lookup(torch.arange(3), torch.arange(3), "cpu"), good)

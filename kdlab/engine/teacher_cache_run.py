@@ -80,7 +80,13 @@ def pays_off(cfg: CfgNode, num_train: int, num_views: int, remaining_epochs: int
 def plan_teacher_cache(cfg: CfgNode, distiller, splits, device: torch.device,
                        autocast: Optional[Callable[[], contextlib.AbstractContextManager]] = None,
                        remaining_epochs: Optional[int] = None) -> CacheUse:
-    """Resolve DISTILLER.TEACHER_CACHE for this run (after SOLVER.AMP is resolved, before compiling the teacher)."""
+    """Resolve DISTILLER.TEACHER_CACHE for this run (after SOLVER.AMP is resolved, before compiling the teacher).
+
+    A matching complete cache is used (off: none is looked for). A cache with another key is refused, never
+    used (build: CacheMismatch). An incomplete or corrupt one is repaired (its chunks that fail their checksum
+    are computed again) under auto and build alike. A missing one is built under build, and under auto when the
+    run pays for it. Under torchrun nothing is built: a ConfigError says to run tools/cache_teacher.py first.
+    """
     from kdlab.data import teacher_cache as tc
 
     mode = cfg.DISTILLER.TEACHER_CACHE
@@ -90,48 +96,55 @@ def plan_teacher_cache(cfg: CfgNode, distiller, splits, device: torch.device,
     plan = resolve(cfg, distiller, splits)
     if isinstance(plan, str):
         return _not_used(mode, record, plan, ConfigError)
-    images, views, key, path = plan.images, plan.views, plan.key, plan.path
-    record.update(path=path, num_images=len(images), num_views=views.num_views)
+    record.update(path=plan.path, num_images=plan.num_images, num_views=plan.num_views)
     try:
-        cache = tc.TeacherCache.open(path, expected_key=key)
+        cache = tc.TeacherCache.open(plan.path, expected_key=plan.key)
     except FileNotFoundError:
         problem = None
     except tc.CacheMismatch as exc:  # never used: the cache holds some other teacher's or augmentation's logits
         record["refused"] = str(exc)
         return _not_used(mode, record, str(exc), tc.CacheMismatch)
     except tc.CacheCorrupt as exc:
-        problem = str(exc)
+        problem = record["repaired"] = str(exc)
     else:
-        log.info("teacher cache: using %s (%d images x %d views, %s)", path, len(images), views.num_views,
-                 cfg.DISTILLER.TEACHER_CACHE_DTYPE)
+        log.info("teacher cache: using %s (%d images x %d views, %s)", plan.path, plan.num_images, plan.num_views,
+                 cache.dtype)
         return CacheUse(device_resident(cache, device), {**record, "used": True})
     remaining = cfg.SOLVER.EPOCHS if remaining_epochs is None else remaining_epochs
-    pays, why = pays_off(cfg, len(images), views.num_views, remaining)
+    pays, why = pays_off(cfg, plan.num_images, plan.num_views, remaining)
     if mode == "auto" and problem is None and not pays:
-        return _not_used(mode, record, f"no cache at {path}{near_miss(path, key)}, and {why}: build it once for "
-                                       "several runs with tools/cache_teacher.py --cfg <this config>", None)
+        return _not_used(mode, record, f"no cache at {plan.path}{near_miss(plan.path, plan.key)}, and {why}: build "
+                                       "it once for several runs with tools/cache_teacher.py --cfg <this config>", None)
     if dist_utils.is_distributed():
         state = f"is incomplete or corrupt ({problem})" if problem else "does not exist"
-        raise ConfigError(f"DISTILLER.TEACHER_CACHE {mode}: the teacher cache {path} {state}; under torchrun it is "
-                          "not built: build it first with tools/cache_teacher.py --cfg <this config> (same options)")
+        raise ConfigError(f"DISTILLER.TEACHER_CACHE {mode}: the teacher cache {plan.path} {state}; under torchrun it "
+                          "is not built: build it first with tools/cache_teacher.py --cfg <this config> (same options)")
     if problem:
         log.warning("teacher cache: %s; rebuilding the chunks that fail their checksum", problem)
     else:
-        log.info("teacher cache: building %s (%s)", path, why if mode == "auto" else "DISTILLER.TEACHER_CACHE build")
-    start = time.perf_counter()
-    cache = tc.build_teacher_cache(distiller.teacher, images, views, path, key, batch_size=BUILD_BATCH,
-                                   device=device, autocast=autocast if cfg.SOLVER.AMP else None,
-                                   progress=bool(cfg.LOG.PROGRESS))
-    seconds = time.perf_counter() - start
-    log.info("teacher cache: built %s in %.1f s (%.0f image-views/s)", path, seconds,
-             len(images) * views.num_views / max(seconds, 1e-9))
+        log.info("teacher cache: building %s (%s)", plan.path,
+                 why if mode == "auto" else "DISTILLER.TEACHER_CACHE build")
+    cache, seconds = build(distiller.teacher, plan, device, autocast, bool(cfg.LOG.PROGRESS))
     return CacheUse(device_resident(cache, device), {**record, "used": True, "built": True,
                                                      "build_s": round(seconds, 3)})
 
 
+def build(teacher, plan, device: torch.device, autocast=None, progress: bool = True):
+    """Build (or finish, or repair) the planned cache; return (the opened cache, seconds)."""
+    from kdlab.data.teacher_cache import build_teacher_cache
+
+    start = time.perf_counter()
+    cache = build_teacher_cache(teacher, plan.images, plan.views, plan.path, plan.key, batch_size=BUILD_BATCH,
+                                device=device, autocast=autocast, progress=progress)
+    seconds = time.perf_counter() - start
+    log.info("teacher cache: built %s in %.1f s (%.0f image-views/s)", plan.path, seconds,
+             plan.num_images * plan.num_views / max(seconds, 1e-9))
+    return cache, seconds
+
+
 def near_miss(path: str, key: dict) -> str:
-    """"; <dir> is for other settings: <the first differing key field>" for a cache of the same dataset and teacher
-    under the same root (e.g. built at another compute precision), or ""."""
+    """' (<dir> is for other settings: <the first differing key field>)' for a cache of the same dataset and teacher
+    under the same root (e.g. built at another compute precision), else ''."""
     from kdlab.data.cache_store import CacheCorrupt, key_difference, read_meta
 
     root, name = os.path.split(path)
