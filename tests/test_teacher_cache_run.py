@@ -267,3 +267,28 @@ def test_a_corrupt_cache_is_repaired_under_auto_and_says_so(tmp_path, teachers, 
     assert record["used"] and record["built"] and "fails its sha256 checksum" in record["repaired"]
     assert any("rebuilding the chunks that fail their checksum" in m for m in messages)
     assert torch.equal(tc.TeacherCache.open(path).lookup(torch.arange(3), torch.arange(3), "cpu"), good)
+
+
+def test_logit_only_methods_take_the_teachers_logits_instead_of_running_it(monkeypatch):
+    """Each method declaring teacher_logits_only computes the same losses from teacher_logits= without its teacher;
+    the declaration is on exactly the methods whose only use of the teacher is the logits of the one view."""
+    from kdlab.distillers import DISTILLERS, DatasetFacts, build_distiller
+
+    logit_only = {name for name in DISTILLERS.names() if DISTILLERS.get(name).teacher_logits_only}
+    assert logit_only == {"KD", "DKD", "CTKD", "CTKD_DKD", "CONKD"}
+    facts = DatasetFacts(num_classes=10, num_train=64, input_size=(8, 8), in_channels=1)
+    for name in sorted(logit_only):
+        cfg = load_cfg(None, ["DISTILLER.TYPE", name, "DISTILLER.TEACHER", "digits_teacher", "DISTILLER.STUDENT",
+                              "digits_student", "DATASET.TYPE", "digits"])
+        torch.manual_seed(0)
+        d = build_distiller(cfg, build_model("digits_student", 10, in_channels=1),
+                            build_model("digits_teacher", 10, in_channels=1), facts=facts).train()
+        image, target = torch.randn(16, 1, 8, 8), torch.arange(16) % 10
+        teacher_logits = d.teacher(image)[0].detach()
+        state = torch.get_rng_state()
+        _, expected = d(image, target, epoch=2, index=torch.arange(16))
+        torch.set_rng_state(state)
+        monkeypatch.setattr(d.teacher, "forward", lambda x, name=name: pytest.fail(f"{name} ran its teacher"))
+        _, got = d(image, target, epoch=2, index=torch.arange(16), teacher_logits=teacher_logits)
+        monkeypatch.undo()
+        assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got), name
