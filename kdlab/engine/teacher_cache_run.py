@@ -184,7 +184,9 @@ class DeviceRows:
             self.rows[start:start + len(flat)] = cache.lookup(flat // self.num_views, flat % self.num_views,
                                                               device).to(dtype)
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str):  # num_images, path, key, meta, ... of the cache
+        if "cache" not in self.__dict__:
+            raise AttributeError(name)
         return getattr(self.__dict__["cache"], name)
 
     def lookup(self, index: torch.Tensor, views: torch.Tensor, device) -> torch.Tensor:
