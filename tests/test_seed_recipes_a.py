@@ -332,3 +332,29 @@ def test_conkd_lion_stages_train_one_epoch_from_the_cli(tmp_path):
         assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("fc."))
     assert not torch.equal(load("t1")["model"]["fc.weight"], load("t2", "student_latest")["model"]["fc.weight"])
     assert load("s2", "student_latest")["model"]["fc.4.weight"].shape == (10, 128)
+
+
+# resnet101-18-teacher-student.ipynb cell 16's log: the held-out loss of epochs 1-15 ("Early stopping triggered.")
+SEED_STAGE_2_VALID_LOSS = [0.270264, 0.188096, 0.134247, 0.097907, 0.077816, 0.066450, 0.060405, 0.056554,
+                           0.053749, 0.052998, 0.053443, 0.054920, 0.056750, 0.060282, 0.060507]
+
+
+def test_conkd_lion_stage2_stops_and_cuts_the_lr_where_the_seed_did(tmp_path, monkeypatch):
+    """Stage 2's SOLVER on the seed's held-out losses: lowest at epoch 10, the LR cut to 1e-5 after 4 worse
+    epochs (ReduceLROnPlateau patience 3), the loop stopped after epoch 15 (early_stop_patience 5)."""
+    from conftest import digits_opts
+
+    from kdlab.engine.run import train
+    from kdlab.engine.trainer import Trainer
+
+    s = load_cfg(STUDENT_2, []).SOLVER
+    keys = ("TYPE", "LR", "WEIGHT_DECAY", "BETAS", "SCHEDULER", "PLATEAU_METRIC", "PLATEAU_FACTOR",
+            "PLATEAU_PATIENCE", "MIN_LR", "EARLY_STOP_PATIENCE", "SELECT_METRIC")
+    losses = iter(SEED_STAGE_2_VALID_LOSS)
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, test=False: {
+        "test_loss": next(losses), "test_acc": 50.0, "test_acc_top5": 100.0})
+    opts = digits_opts(str(tmp_path), epochs=s.EPOCHS, **{f"SOLVER.{k}": s[k] for k in keys},
+                       **{"SOLVER.MAX_STEPS_PER_EPOCH": 1, "DATASET.NUM_WORKERS": 0, "SOLVER.AMP": False})
+    summary = train(load_cfg(os.path.join(REPO, "configs", "digits", "vanilla", "digits_teacher.yaml"), opts))
+    assert (summary["last_epoch"], summary["best_epoch"], summary["best_score"]) == (15, 10, 0.052998)
+    assert [h["lr"] for h in summary["history"]] == pytest.approx([1e-4] * 14 + [1e-5])

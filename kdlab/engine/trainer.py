@@ -391,8 +391,9 @@ class Trainer:
 
     def _log_epoch(self, record: dict) -> None:
         if self.is_main and "val_acc" in record:
-            log.info("epoch %d held-out val: loss %.4f %s %.2f (selects the best checkpoint)", record["epoch"],
-                     record["val_loss"], "mIoU" if self.task == "segmentation" else "top1", record["val_acc"])
+            log.info("epoch %d held-out val: loss %.4f %s %.2f (%s selects the best checkpoint)", record["epoch"],
+                     record["val_loss"], "mIoU" if self.task == "segmentation" else "top1", record["val_acc"],
+                     self._selection_name())
         if self.task != "segmentation":
             self.logger.epoch(record, self.best_acc)
             return
