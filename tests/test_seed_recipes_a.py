@@ -3,6 +3,10 @@
 ConKD-Lion (configs/imagenette/vanilla/resnet101.yaml, configs/imagenette/conkd/resnet101_resnet18.yaml):
 torchvision ResNet-101 (IMAGENET1K_V2) -> ResNet-18 (no weights) on Imagenette at 224 px, LS-KD (T 2) +
 0.15 * two-view SupCon, no CE, AdamW 6e-4 cosine to 6e-7, batch 64 / 128, 60 / 300 epochs, 10 % held out.
+The seed's own four stages (configs/imagenette/conkd/*_stage*.yaml): teacher SupCon on a 2048-2048-128 head, teacher
+linear classifier (AdamW 5e-4, 40 epochs) on the frozen encoder, student LS-KD between the two heads' embeddings +
+0.15 * SupCon, student classifier 512-128-BN-ReLU-Dropout(0.4)-10 with Lion 1e-4 / 1e-4, plateau (0.1, 3) and early
+stopping (5) on the held-out loss, 50 epochs.
 
 teacher-student-model-from-scratch (configs/cifar10/teacher_student_from_scratch/): torchvision ResNet-50 ->
 ResNet-18, both ImageNet-pretrained, CIFAR-10 at 224 px with ImageNet statistics, SGD 0.001 / 0.9, batch 100,
