@@ -40,6 +40,7 @@ CONTEXT = {"SOLVER.MIN_LR": {"SOLVER.SCHEDULER": "cosine", "SOLVER.WARMUP_EPOCHS
            "DISTILLER.TEACHER_CACHE_DIR": {"DISTILLER.TEACHER_CACHE": "build"},
            "DISTILLER.TEACHER_CACHE_DTYPE": {"DISTILLER.TEACHER_CACHE": "build"},
            "CTKD.HIDDEN": {"CTKD.MODE": "instance"}, "LG.EXTRA_WEIGHT_IN": {"EXPERIMENT.LOGIT_STAND": True},
+           "CLASSIFIER.BATCHNORM": {"CLASSIFIER.HIDDEN": "[16]"}, "CLASSIFIER.DROPOUT": {"CLASSIFIER.HIDDEN": "[16]"},
            **{f"LG.{k}": {"LG.ENABLE_INTER": True} for k in ("INTER_TRANSFORM", "INTER_TEACHER_INDEX",
                                                              "INTER_STUDENT_INDEX", "INTER_WEIGHT")}}
 REFUSED_AT_LOAD = {"DATASET.IMAGE_SIZE",  # digits images are 8x8 and never resized
@@ -267,6 +268,8 @@ NOT_SEEN_IN_A_DIGITS_RUN = {
     **{f"CTKD.{k}": _check_ctkd_lambda for k in ("COSINE_DECAY", "DECAY_MAX", "DECAY_MIN", "DECAY_LOOPS")},
     "KD.PIXELS": _check_pixels,
     "FEATKD.PIXELS": _check_pixels,
+    "CONKD.KD_ON": "embeddings needs a teacher file holding a projection head (a SUPCON run's student_best); "
+                   "test_probe_and_selection.py::test_conkd_embeddings_distils_the_teachers_saved_head runs it",
 }
 
 
@@ -284,7 +287,7 @@ def _value(key: str, current, ckpts: dict):
         "DISTILLER.TEACHER_CACHE_DTYPE": "bfloat16",
         "SOLVER.TRAINER": "aug", "SOLVER.TYPE": "Adam", "SOLVER.SCHEDULER": "cosine", "SOLVER.LR_DECAY_STAGES": [],
         "SOLVER.BETAS": [0.5, 0.9], "SOLVER.AMP_DTYPE": "float16", "CONKD.SUPCON_VARIANT": "seed",
-        "CTKD.MODE": "instance",
+        "CTKD.MODE": "instance", "SOLVER.SELECT_METRIC": "test_loss", "CLASSIFIER.HIDDEN": [16],
         "FITNET.HINT_LAYER": 2, "FEATKD.STUDENT_LAYERS": [0, 2], "FEATKD.TEACHER_LAYERS": [1, 2],
         "FEATKD.PAIR_LOSSES": ["cosine"], "FEATKD.PAIR_WEIGHTS": [0.25, 1.0], "FEATKD.CONNECTOR": "conv",
         "CRD.MODE": "relax",

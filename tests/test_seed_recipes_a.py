@@ -3,6 +3,10 @@
 ConKD-Lion (configs/imagenette/vanilla/resnet101.yaml, configs/imagenette/conkd/resnet101_resnet18.yaml):
 torchvision ResNet-101 (IMAGENET1K_V2) -> ResNet-18 (no weights) on Imagenette at 224 px, LS-KD (T 2) +
 0.15 * two-view SupCon, no CE, AdamW 6e-4 cosine to 6e-7, batch 64 / 128, 60 / 300 epochs, 10 % held out.
+The seed's own four stages (configs/imagenette/conkd/*_stage*.yaml): teacher SupCon on a 2048-2048-128 head, teacher
+linear classifier (AdamW 5e-4, 40 epochs) on the frozen encoder, student LS-KD between the two heads' embeddings +
+0.15 * SupCon, student classifier 512-128-BN-ReLU-Dropout(0.4)-10 with Lion 1e-4 / 1e-4, plateau (0.1, 3) and early
+stopping (5) on the held-out loss, 50 epochs.
 
 teacher-student-model-from-scratch (configs/cifar10/teacher_student_from_scratch/): torchvision ResNet-50 ->
 ResNet-18, both ImageNet-pretrained, CIFAR-10 at 224 px with ImageNet statistics, SGD 0.001 / 0.9, batch 100,
@@ -27,8 +31,10 @@ from test_cli import call_tool
 from torchvision.models import get_model_weights
 
 from kdlab.config import load_cfg
+from kdlab.distillers import DatasetFacts, build_distiller
 from kdlab.distillers.losses import kd_loss, supcon_loss
 from kdlab.models.build import build_model
+from kdlab.models.heads import configure_classifier
 
 CONKD_CFG = os.path.join(REPO, "configs", "imagenette", "conkd", "resnet101_resnet18.yaml")
 CONKD_TEACHER_CFG = os.path.join(REPO, "configs", "imagenette", "vanilla", "resnet101.yaml")
@@ -208,3 +214,151 @@ def test_conkd_lion_trains_one_epoch_from_the_cli(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     metrics = json.load(open(tmp_path / "logs" / "imagenette" / "conkd_resnet101_resnet18" / "metrics.json"))
     assert metrics["last_epoch"] == 1 and metrics["input_size"] == [32, 32] and "best_val_acc" in metrics
+
+
+# ---------------------------------------------------------------- ConKD-Lion in the seed's stages
+CONKD_DIR = os.path.join(REPO, "configs", "imagenette", "conkd")
+TEACHER_1, TEACHER_2, STUDENT_1, STUDENT_2 = (os.path.join(CONKD_DIR, f"{name}.yaml") for name in (
+    "resnet101_teacher_stage1_supcon", "resnet101_teacher_stage2_classifier",
+    "resnet101_resnet18_stage1_embeddings", "resnet18_stage2_classifier"))
+SEED_TEACHER_HEAD = 2048 * 2048 + 2048 + 2048 * 128 + 128  # teacher notebook cell 7: 2048 -> 2048 -> 128
+SEED_STUDENT_HEAD = 512 * 512 + 512 + 512 * 128 + 128  # student notebook cell 7: 512 -> 512 -> 128
+SEED_CLASSIFIER = (512 * 128 + 128) + 2 * 128 + (128 * 10 + 10)  # student notebook cell 7: class Classifier
+
+
+def _student_best(cfg) -> str:
+    return f"logs/{cfg.EXPERIMENT.PROJECT}/{cfg.EXPERIMENT.NAME}/student_best"
+
+
+def _encoder_params(name: str) -> int:
+    encoder = getattr(torchvision.models, name)()
+    encoder.fc = torch.nn.Identity()
+    return _params(encoder)
+
+
+def _trainable(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_conkd_lion_teacher_stages_are_the_seeds():
+    t1, t2 = load_cfg(TEACHER_1, []), load_cfg(TEACHER_2, [])
+    for cfg in (t1, t2):  # resnet101-teacher.ipynb cells 0, 4
+        d = cfg.DATASET
+        assert (d.TYPE, d.VARIANT, d.IMAGE_SIZE, d.NORMALIZE, d.VAL_SPLIT, d.TEST.BATCH_SIZE) == (
+            "imagenette", "imagenette2", 224, "imagenet", 0.1, 64)
+        assert d.TRAIN_TRANSFORMS == CONKD_TRAIN[:3] and d.TEST_TRANSFORMS == CONKD_TRAIN[:1]
+        assert (cfg.SOLVER.SELECT_METRIC, cfg.SOLVER.EARLY_STOP_PATIENCE) == ("test_loss", 0)  # cells 10, 13
+    s = t1.SOLVER  # cell 9: AdamW 6e-4, the seed's cosine over 60 epochs, batch 64
+    assert (s.TYPE, s.BATCH_SIZE, s.EPOCHS, s.LR, s.WEIGHT_DECAY, list(s.BETAS)) == (
+        "AdamW", 64, 60, 0.0006, 0.01, [0.9, 0.999])
+    assert (s.SCHEDULER, s.WARMUP_EPOCHS) == ("cosine", 0) and s.MIN_LR == pytest.approx(0.0006 * 0.1**3)
+    assert (t1.DISTILLER.TYPE, t1.DISTILLER.STUDENT, t1.DISTILLER.STUDENT_PRETRAINED) == (
+        "SUPCON", "resnet101", "IMAGENET1K_V2")
+    assert (t1.CONKD.PROJ_DIM, t1.CONKD.SUPCON_TEMPERATURE, t1.CONKD.SUPCON_VARIANT) == (128, 0.07, "two_view")
+    s = t2.SOLVER  # cells 12-13: AdamW(classifier, lr 5e-4), 40 epochs, no scheduler
+    assert (s.TYPE, s.BATCH_SIZE, s.EPOCHS, s.LR, s.WEIGHT_DECAY, list(s.BETAS), s.SCHEDULER) == (
+        "AdamW", 64, 40, 0.0005, 0.01, [0.9, 0.999], "constant")
+    assert (t2.DISTILLER.TYPE, t2.DISTILLER.STUDENT, t2.DISTILLER.STUDENT_PRETRAINED) == (
+        "NONE", "resnet101", _student_best(t1))
+    c = t2.CLASSIFIER  # cell 11: nn.Linear(2048, 10) on the frozen encoder in eval mode
+    assert (list(c.HIDDEN), c.BATCHNORM, c.DROPOUT, c.FREEZE_BACKBONE) == ([], False, 0.0, True)
+    distiller = build_distiller(t1, build_model("resnet101", 10), None, facts=DatasetFacts(input_size=(32, 32)))
+    assert distiller.extra_parameter_count() == SEED_TEACHER_HEAD
+    model = configure_classifier(distiller.student, c, 10)
+    assert _trainable(model) == 2048 * 10 + 10 and _params(model) == _encoder_params("resnet101") + 2048 * 10 + 10
+
+
+def test_conkd_lion_student_stages_are_the_seeds(tmp_path):
+    s1, s2 = load_cfg(STUDENT_1, []), load_cfg(STUDENT_2, [])
+    for cfg in (s1, s2):  # resnet101-18-teacher-student.ipynb cells 0, 4
+        d = cfg.DATASET
+        assert (d.TYPE, d.VARIANT, d.IMAGE_SIZE, d.NORMALIZE, d.VAL_SPLIT, d.TEST.BATCH_SIZE) == (
+            "imagenette", "imagenette2", 224, "imagenet", 0.1, 128)
+        assert d.TRAIN_TRANSFORMS == CONKD_TRAIN and d.TEST_TRANSFORMS == CONKD_TRAIN[:1]
+        assert (cfg.SOLVER.BATCH_SIZE, cfg.SOLVER.SELECT_METRIC) == (128, "test_loss")  # cells 11, 16
+    s = s1.SOLVER  # cell 10: AdamW 6e-4, the seed's cosine over 300 epochs
+    assert (s.TYPE, s.EPOCHS, s.LR, s.WEIGHT_DECAY, list(s.BETAS), s.SCHEDULER, s.EARLY_STOP_PATIENCE) == (
+        "AdamW", 300, 0.0006, 0.01, [0.9, 0.999], "cosine", 0)
+    assert s.MIN_LR == pytest.approx(0.0006 * 0.1**3)
+    teacher_1 = load_cfg(TEACHER_1, [])
+    assert (s1.DISTILLER.TYPE, s1.DISTILLER.TEACHER, s1.DISTILLER.STUDENT, s1.DISTILLER.STUDENT_PRETRAINED) == (
+        "CONKD", "resnet101", "resnet18", "")
+    assert s1.DISTILLER.TEACHER_CKPT == _student_best(teacher_1)  # cell 7: encoder_teacher.pt + its head
+    c = s1.CONKD  # cell 11: LS_KD(teacher head, student head, T 2) + 0.15 * two-view SupCon(0.07), no CE
+    assert (c.KD_ON, c.CE_WEIGHT, c.KD_WEIGHT, c.SUPCON_WEIGHT, c.TEMPERATURE, c.SUPCON_TEMPERATURE) == (
+        "embeddings", 0.0, 1.0, 0.15, 2.0, 0.07)
+    assert (c.SUPCON_VARIANT, c.PROJ_DIM) == ("two_view", 128)
+    s = s2.SOLVER  # cells 14-16: Lion 1e-4 / 1e-4, ReduceLROnPlateau(0.1, 3) and early stop 5 on the loss, 50 epochs
+    assert (s.TYPE, s.EPOCHS, s.LR, s.WEIGHT_DECAY, list(s.BETAS)) == ("Lion", 50, 0.0001, 0.0001, [0.9, 0.99])
+    assert (s.SCHEDULER, s.PLATEAU_METRIC, s.PLATEAU_FACTOR, s.PLATEAU_PATIENCE, s.MIN_LR) == (
+        "plateau", "test_loss", 0.1, 3, 0.0)
+    assert s.EARLY_STOP_PATIENCE == 5 and s.WARMUP_EPOCHS == 0
+    assert (s2.DISTILLER.TYPE, s2.DISTILLER.STUDENT, s2.DISTILLER.STUDENT_PRETRAINED) == (
+        "NONE", "resnet18", _student_best(s1))
+    # the heads: the teacher's read from its stage-1 file (frozen), the student's 512 -> 512 -> 128 trained
+    head = torch.nn.Sequential(torch.nn.Linear(2048, 2048), torch.nn.ReLU(), torch.nn.Linear(2048, 128))
+    torch.save({"extra": {f"head.{k}": v for k, v in head.state_dict().items()}}, tmp_path / "teacher")
+    cfg = load_cfg(STUDENT_1, ["DISTILLER.TEACHER_CKPT", str(tmp_path / "teacher")])
+    distiller = build_distiller(cfg, build_model("resnet18", 10), build_model("resnet101", 10),
+                                facts=DatasetFacts(input_size=(32, 32)))
+    assert _params(distiller.teacher.kdlab_proj_head) == SEED_TEACHER_HEAD
+    assert distiller.extra_parameter_count() == SEED_STUDENT_HEAD
+    # stage 2: the seed's Classifier on the frozen encoder, the only trainable part
+    model = configure_classifier(distiller.student, s2.CLASSIFIER, 10)
+    assert [type(m).__name__ for m in model.fc] == ["Linear", "BatchNorm1d", "ReLU", "Dropout", "Linear"]
+    assert (model.fc[0].out_features, model.fc[3].p, model.fc[4].in_features) == (128, 0.4, 128)
+    assert _trainable(model) == SEED_CLASSIFIER and _params(model) == _encoder_params("resnet18") + SEED_CLASSIFIER
+
+
+def test_conkd_lion_stages_train_one_epoch_from_the_cli(tmp_path):
+    """The four stages chained as the seed runs them, each reading the previous run's student_best."""
+    write_imagefolder_dataset(tmp_path / "data", layout="imagenette2", n_train=10, n_val=1, size=(40, 36))
+    runs, done = tmp_path / "logs" / "imagenette", {}
+    chain = [("t1", TEACHER_1, "DISTILLER.STUDENT_PRETRAINED", None),  # no ImageNet weights here
+             ("t2", TEACHER_2, "DISTILLER.STUDENT_PRETRAINED", "t1"),
+             ("s1", STUDENT_1, "DISTILLER.TEACHER_CKPT", "t1"),
+             ("s2", STUDENT_2, "DISTILLER.STUDENT_PRETRAINED", "s1")]
+    for stage, path, key, source in chain:
+        start = str(done[source] / "student_best") if source else ""
+        res = call_tool("train.py", "--cfg", path, *_tiny_opts(tmp_path, key, start, "SOLVER.BATCH_SIZE", "8"))
+        assert res.returncode == 0, res.stderr[-2000:]
+        done[stage] = runs / load_cfg(path, []).EXPERIMENT.NAME
+        metrics = json.load(open(done[stage] / "metrics.json"))
+        assert metrics["last_epoch"] == 1 and metrics["select_metric"] == "val_loss", metrics
+
+    def load(stage: str, name: str = "student_best") -> dict:
+        return torch.load(done[stage] / name, weights_only=True)
+
+    assert load("t1")["extra"]["head.2.weight"].shape == (128, 2048)  # the teacher's head, saved with it
+    assert load("s1")["extra"]["head.2.weight"].shape == (128, 512)  # the student's own head
+    for stage_1, stage_2 in (("t1", "t2"), ("s1", "s2")):  # stage 2 trains the classifier alone
+        before, after = load(stage_1)["model"], load(stage_2, "student_latest")["model"]
+        assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("fc."))
+    assert not torch.equal(load("t1")["model"]["fc.weight"], load("t2", "student_latest")["model"]["fc.weight"])
+    assert load("s2", "student_latest")["model"]["fc.4.weight"].shape == (10, 128)
+
+
+# resnet101-18-teacher-student.ipynb cell 16's log: the held-out loss of epochs 1-15 ("Early stopping triggered.")
+SEED_STAGE_2_VALID_LOSS = [0.270264, 0.188096, 0.134247, 0.097907, 0.077816, 0.066450, 0.060405, 0.056554,
+                           0.053749, 0.052998, 0.053443, 0.054920, 0.056750, 0.060282, 0.060507]
+
+
+def test_conkd_lion_stage2_stops_and_cuts_the_lr_where_the_seed_did(tmp_path, monkeypatch):
+    """Stage 2's SOLVER on the seed's held-out losses: lowest at epoch 10, the LR cut to 1e-5 after 4 worse
+    epochs (ReduceLROnPlateau patience 3), the loop stopped after epoch 15 (early_stop_patience 5)."""
+    from conftest import digits_opts
+
+    from kdlab.engine.run import train
+    from kdlab.engine.trainer import Trainer
+
+    s = load_cfg(STUDENT_2, []).SOLVER
+    keys = ("TYPE", "LR", "WEIGHT_DECAY", "BETAS", "SCHEDULER", "PLATEAU_METRIC", "PLATEAU_FACTOR",
+            "PLATEAU_PATIENCE", "MIN_LR", "EARLY_STOP_PATIENCE", "SELECT_METRIC")
+    losses = iter(SEED_STAGE_2_VALID_LOSS)
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, test=False: {
+        "test_loss": next(losses), "test_acc": 50.0, "test_acc_top5": 100.0})
+    opts = digits_opts(str(tmp_path), epochs=s.EPOCHS, **{f"SOLVER.{k}": s[k] for k in keys},
+                       **{"SOLVER.MAX_STEPS_PER_EPOCH": 1, "DATASET.NUM_WORKERS": 0, "SOLVER.AMP": False})
+    summary = train(load_cfg(os.path.join(REPO, "configs", "digits", "vanilla", "digits_teacher.yaml"), opts))
+    assert (summary["last_epoch"], summary["best_epoch"], summary["best_score"]) == (15, 10, 0.052998)
+    assert [h["lr"] for h in summary["history"]] == pytest.approx([1e-4] * 14 + [1e-5])

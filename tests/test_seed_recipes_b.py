@@ -90,11 +90,14 @@ def test_elec475_configs_match_the_seed():
         assert cfg.DATASET.IMAGE_SIZE == 256 and cfg.DATASET.VAL_SPLIT == 0.0  # the seed selects on VOC val
         assert cfg.DATASET.TEST_TRANSFORMS == [{"Resize": {"size": [256, 256]}}]
         assert cfg.DATASET.TRAIN_TRANSFORMS[0] == {"Resize": {"size": [256, 256]}}
-    # train.py: Adam, plateau on the val loss; train_kd.py: AdamW, plateau on the val mIoU
-    assert (cfgs["scratch"].SOLVER.TYPE, cfgs["scratch"].SOLVER.PLATEAU_METRIC) == ("Adam", "test_loss")
+    # train.py: Adam; plateau, EarlyStopping and {model}_best.pth on the val loss; train_kd.py: AdamW; plateau,
+    # EarlyStopping and {kd_method}_kd_best.pth on the val mIoU (test_acc for segmentation)
+    scratch = cfgs["scratch"].SOLVER
+    assert (scratch.TYPE, scratch.PLATEAU_METRIC, scratch.SELECT_METRIC) == ("Adam", "test_loss", "test_loss")
     for name in ("response", "feature"):
         cfg = cfgs[name]
-        assert (cfg.SOLVER.TYPE, cfg.SOLVER.PLATEAU_METRIC) == ("AdamW", "test_acc")
+        s = cfg.SOLVER
+        assert (s.TYPE, s.PLATEAU_METRIC, s.SELECT_METRIC) == ("AdamW", "test_acc", "test_acc")
         assert cfg.DISTILLER.TEACHER == "fcn_resnet50" and cfg.DISTILLER.TEACHER_PRETRAINED == "COCO_WITH_VOC_LABELS_V1"
     # train_kd.py response: 0.3 * KL(batchmean) * T^2 + 0.7 * CE, T = 4
     kd = cfgs["response"].KD
@@ -153,6 +156,9 @@ def test_elec475_config_trains_one_epoch_from_the_cli(voc_root, name, tmp_path):
     assert math.isfinite(record["train_loss"]) and 0.0 <= record["test_acc"] <= 100.0
     assert metrics["student_params"] == ELEC_STUDENT_PARAMS
     assert metrics["method"] == {"scratch": "NONE", "response": "KD", "feature": "FEATKD"}[name]
+    # the seed's train.py selects and stops on the val loss, train_kd.py on the val mIoU
+    assert metrics["select_metric"] == ("test_loss" if name == "scratch" else "test_acc")
+    assert metrics["best_score"] == record["test_loss" if name == "scratch" else "test_acc"]
     if name == "feature":  # the seed's align layers (1x1 conv + bias), as FEATKD's connectors
         assert metrics["extra_params"] == ELEC_ALIGN_PARAMS
 

@@ -100,7 +100,10 @@ _C.SOLVER.MIN_LR = 0.0  # cosine floor
 _C.SOLVER.PLATEAU_METRIC = "test_acc"  # plateau: test_acc (max) | test_loss (min), of the held-out split if VAL_SPLIT
 _C.SOLVER.PLATEAU_PATIENCE = 5  # plateau: epochs without improvement before the LR is cut
 _C.SOLVER.PLATEAU_FACTOR = 0.1  # plateau: LR multiplier at each cut
-_C.SOLVER.EARLY_STOP_PATIENCE = 0  # stop after N epochs without a better test_acc (VAL_SPLIT: val_acc); 0 = off
+_C.SOLVER.EARLY_STOP_PATIENCE = 0  # stop after N epochs without a better SELECT_METRIC; 0 = off
+# the held-out score (VAL_SPLIT: val_*) that picks the best checkpoint and counts EARLY_STOP_PATIENCE: test_acc (max;
+# mIoU for segmentation) | test_loss (min; CE, or the method's own objective for methods that train no classifier)
+_C.SOLVER.SELECT_METRIC = "test_acc"
 _C.SOLVER.GRAD_CLIP = 0.0  # max global grad norm; 0 = off
 # auto: at start-up kdlab picks the precision for this device, model pair and batch (by capability,
 # else a short timed trial of the real step, cached under $KDLAB_CACHE_DIR or ~/.cache/kdlab):
@@ -161,6 +164,18 @@ _C.CONKD.TEMPERATURE = 2.0  # KD base temperature (logits standardized); --logit
 _C.CONKD.SUPCON_TEMPERATURE = 0.07  # SupCon temperature
 _C.CONKD.PROJ_DIM = 128  # output size of the projection head Linear(d, d) -> ReLU -> Linear(d, PROJ_DIM)
 _C.CONKD.SUPCON_VARIANT = "khosla"  # khosla (Khosla et al. 2020) | seed (self as positive) | two_view (seed notebooks)
+# logits: KD between the classifiers' logits | embeddings: KD between the projection heads' outputs, the teacher's
+# head loaded from DISTILLER.TEACHER_CKPT (a DISTILLER.TYPE SUPCON run's student_best); no classifier is trained
+_C.CONKD.KD_ON = "logits"
+
+# The student's classifier (any method): an MLP in place of the model's last Linear, and classifier-only training
+# on a frozen backbone (a linear probe; start from a trained backbone with DISTILLER.STUDENT_PRETRAINED)
+_C.CLASSIFIER = CN()
+_C.CLASSIFIER.HIDDEN = []  # hidden widths, each Linear -> [BatchNorm1d] -> ReLU -> [Dropout]; [] = the own Linear
+_C.CLASSIFIER.BATCHNORM = False  # BatchNorm1d after each hidden Linear (needs HIDDEN)
+_C.CLASSIFIER.DROPOUT = 0.0  # Dropout probability after each hidden ReLU (needs HIDDEN)
+# train only the classifier: the backbone's weights and BatchNorm statistics stay as loaded (backbone in eval mode)
+_C.CLASSIFIER.FREEZE_BACKBONE = False
 
 # FEATKD: CE_WEIGHT * CE + ALPHA * KD + BETA * sum over layer pairs of PAIR_WEIGHTS[i] * loss_i(connector(student),
 # teacher); loss_i = PAIR_LOSSES[i] (mse | cosine); the defaults give BETA * the mean over pairs of MSE

@@ -74,6 +74,18 @@ def _check_wandb(cfg: CfgNode) -> None:
         raise ConfigError("LOG.WANDB True needs the wandb package: pip install wandb (or set LOG.WANDB False)")
 
 
+def _check_classifier(node: CfgNode) -> None:
+    hidden = list(node.HIDDEN)
+    if not all(isinstance(h, int) and h > 0 for h in hidden):
+        raise ConfigError(f"CLASSIFIER.HIDDEN must be a list of positive widths (e.g. [128]), got {hidden}")
+    if not 0.0 <= node.DROPOUT < 1.0:
+        raise ConfigError(f"CLASSIFIER.DROPOUT must be in [0, 1), got {node.DROPOUT}")
+    for key, on in (("BATCHNORM", node.BATCHNORM), ("DROPOUT", node.DROPOUT > 0)):
+        if on and not hidden:
+            raise ConfigError(f"CLASSIFIER.{key} {node[key]} acts after a hidden layer: set CLASSIFIER.HIDDEN "
+                              f"(e.g. [128]) or leave CLASSIFIER.{key} at its default")
+
+
 def validate_cfg(cfg: CfgNode) -> None:
     """Raise ConfigError for an unknown model/method/dataset/optimizer/scheduler or an out-of-range value."""
     method = hooks.method_class(cfg.DISTILLER.TYPE)
@@ -88,6 +100,9 @@ def validate_cfg(cfg: CfgNode) -> None:
     _check_teacher_cache(cfg, method)
     _check_name("SOLVER.AMP_DTYPE", cfg.SOLVER.AMP_DTYPE, ["bfloat16", "float16"])
     _check_name("SOLVER.PLATEAU_METRIC", cfg.SOLVER.PLATEAU_METRIC, ["test_acc", "test_loss"])
+    _check_name("SOLVER.SELECT_METRIC", cfg.SOLVER.SELECT_METRIC, ["test_acc", "test_loss"])
+    _check_name("CONKD.KD_ON", cfg.CONKD.KD_ON, ["logits", "embeddings"])
+    _check_classifier(cfg.CLASSIFIER)
     _check_name("CONKD.SUPCON_VARIANT", cfg.CONKD.SUPCON_VARIANT, ["khosla", "seed", "two_view"])
     _check_name("KD.PIXELS", cfg.KD.PIXELS, ["labelled", "all"])
     _check_name("FEATKD.PIXELS", cfg.FEATKD.PIXELS, ["labelled", "all"])

@@ -19,6 +19,7 @@ from kdlab.distillers import (  # noqa: F401  (register the methods)
     reviewkd,
     rkd,
     sp,
+    supcon,
     vanilla,
     vid,
 )

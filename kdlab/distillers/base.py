@@ -55,6 +55,9 @@ class Distiller(nn.Module):
     supports_logit_stand: bool = False  # derived from apply_logit_stand, see __init_subclass__
     paper: str = ""  # where the method comes from (the README's methods table)
     group: str = ""  # the config group holding the method's keys ("" if it has none)
+    # True (set by the instance): the method trains no classifier, so the held-out test_loss is its own
+    # objective (held_out_loss) rather than the cross-entropy of the student's untrained logits
+    held_out_objective: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -91,6 +94,10 @@ class Distiller(nn.Module):
         super().train(mode)
         if self.teacher is not None:
             self.teacher.eval()
+        trainable = getattr(self.student, "kdlab_trainable_only", None)  # CLASSIFIER.FREEZE_BACKBONE
+        if mode and trainable is not None:  # a frozen backbone keeps its BatchNorm statistics: eval mode
+            self.student.eval()
+            self.student.get_submodule(trainable).train()
         return self
 
     def extra_modules(self) -> Iterator[nn.Module]:
@@ -102,7 +109,7 @@ class Distiller(nn.Module):
         return []
 
     def learnable_parameters(self) -> list[nn.Parameter]:
-        params = list(self.student.parameters())
+        params = [p for p in self.student.parameters() if p.requires_grad]
         for module in self.extra_modules():
             params.extend(p for p in module.parameters() if p.requires_grad)
         return params
@@ -130,6 +137,10 @@ class Distiller(nn.Module):
 
     def forward_test(self, image: torch.Tensor) -> torch.Tensor:
         return self.student(image)[0]
+
+    def held_out_loss(self, image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The training objective (sum of forward_train's terms) on a held-out batch, in the current mode."""
+        return sum(self.forward_train(image, target, epoch=0, index=None)[1].values())
 
     def forward(self, image: Any, target: torch.Tensor | None = None, **extras: Any):
         if self.training:

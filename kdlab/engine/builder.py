@@ -19,6 +19,7 @@ from kdlab.distillers import DISTILLERS, build_distiller, dataset_facts, get_dis
 from kdlab.errors import ConfigError, TeacherCheckpointNotFound
 from kdlab.evaluation import evaluate_model
 from kdlab.models import build_model, load_weights, resolve_model_name
+from kdlab.models.heads import configure_classifier
 
 log = logging.getLogger("kdlab")
 
@@ -72,7 +73,7 @@ def build_student(cfg: CfgNode, splits: DatasetSplits) -> nn.Module:
     name = resolved_model_name(cfg, "STUDENT")
     model = build_model(name, splits.num_classes, pretrained=cfg.DISTILLER.STUDENT_PRETRAINED or None,
                         **model_kwargs(cfg, splits))
-    return model
+    return configure_classifier(model, cfg.CLASSIFIER, splits.num_classes)
 
 
 def build_teacher(cfg: CfgNode, splits: DatasetSplits, load_teacher_weights: bool = True) -> nn.Module:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Optional
 
 import torch
 from yacs.config import CfgNode
@@ -101,6 +102,13 @@ def weight_decay_groups(named_params: Iterable[tuple[str, torch.nn.Parameter]], 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def improves(metric: str, value: float, best: Optional[float]) -> bool:
+    """Whether `value` of `metric` beats `best`: lower for a *_loss, higher otherwise; anything beats None."""
+    if best is None:
+        return True
+    return value < best if metric.endswith("loss") else value > best
+
+
 class EpochSchedule:
     """LR as a function of the (1-based) epoch, mdistiller-style: set once at each epoch start."""
 
@@ -177,15 +185,13 @@ class Plateau(EpochSchedule):
         super().__init__(cfg)
         self.scale, self.best, self.bad_epochs = 1.0, None, 0
         self.metric = cfg.SOLVER.PLATEAU_METRIC
-        self.maximize = not self.metric.endswith("loss")
 
     def after_warmup(self, epoch: int) -> float:
         return max(self.base_lr * self.scale, self.cfg.SOLVER.MIN_LR)
 
     def observe(self, metrics: dict) -> None:
         value = metrics[self.metric]
-        better = self.best is None or (value > self.best if self.maximize else value < self.best)
-        if better:
+        if improves(self.metric, value, self.best):
             self.best, self.bad_epochs = value, 0
             return
         self.bad_epochs += 1

@@ -52,7 +52,7 @@ def resolve(cfg: CfgNode, distiller, splits):
 
     if distiller.teacher is None:
         return f"DISTILLER.TYPE {cfg.DISTILLER.TYPE} has no teacher"
-    if not type(distiller).teacher_logits_only:
+    if not distiller.teacher_logits_only:  # a class's declaration, or an instance's (CONKD.KD_ON embeddings)
         return (f"DISTILLER.TYPE {cfg.DISTILLER.TYPE} uses more of its teacher than the logits of one view "
                 "(features, or two views)")
     return resolve_cache(cfg, distiller.teacher, splits)

@@ -27,10 +27,10 @@ from kdlab.data.sampling import mix_seed
 from kdlab.engine import dot
 from kdlab.engine.checkpoint import FORMAT, FORMAT_VERSION, atomic_save
 from kdlab.engine.loggers import RunLogger
-from kdlab.engine.optim import build_optimizer, build_scheduler, set_lr, weight_decay_groups
+from kdlab.engine.optim import build_optimizer, build_scheduler, improves, set_lr, weight_decay_groups
 from kdlab.engine.teacher_cache_run import batch_views
 from kdlab.errors import CheckpointError, NonFiniteLossError
-from kdlab.evaluation.metrics import correct_and_count, evaluate, evaluate_segmentation
+from kdlab.evaluation.metrics import correct_and_count, evaluate, evaluate_segmentation, mean_loss
 
 log = logging.getLogger("kdlab")
 
@@ -141,7 +141,8 @@ class Trainer:
         self.logger = RunLogger(cfg, run_dir, enabled=self.is_main)
         self.epoch = 0  # last completed epoch
         self.global_step = 0
-        self.best_acc, self.best_epoch = -1.0, 0
+        self.best_acc, self.best_epoch = -1.0, 0  # best_acc: the selection split's test_acc at best_epoch
+        self.best_score: Optional[float] = None  # SOLVER.SELECT_METRIC's value at best_epoch
         self.bad_epochs = 0
         self.history: list[dict] = []
         self.train_time = 0.0
@@ -172,6 +173,7 @@ class Trainer:
             "rng": rng_state(),
             "best_acc": self.best_acc,
             "best_epoch": self.best_epoch,
+            "best_score": self.best_score,
             "bad_epochs": self.bad_epochs,
             "history": self.history,
             "train_time": self.train_time,
@@ -190,6 +192,7 @@ class Trainer:
         self.epoch, self.global_step = state["epoch"], state["global_step"]
         self.best_acc, self.best_epoch = state["best_acc"], state["best_epoch"]
         self.bad_epochs = state.get("bad_epochs", 0)
+        self.best_score = state.get("best_score", state["best_acc"] if state["best_epoch"] else None)
         self.history, self.train_time = list(state["history"]), state["train_time"]
         self._resume_step, self._partial = state.get("step_in_epoch", 0), state.get("partial")
         self._resume_rng = state["rng"] if self._resume_step else None
@@ -201,8 +204,7 @@ class Trainer:
         try:
             while self.epoch < epochs:
                 if self._early_stop():
-                    log.info("early stop: no better %s for %d epochs",
-                             "val_acc" if self.test_loader is not None else "test_acc", self.bad_epochs)
+                    log.info("early stop: no better %s for %d epochs", self._selection_name(), self.bad_epochs)
                     break
                 self.train_epoch(self.epoch + 1)
                 if self.epoch < epochs and self._agree_to_stop(force=True):  # e.g. Ctrl-C during evaluation
@@ -215,6 +217,10 @@ class Trainer:
         finally:
             self.logger.close()
         return self.summary()
+
+    def _selection_name(self) -> str:
+        metric = self.cfg.SOLVER.SELECT_METRIC
+        return "val_" + metric[len("test_"):] if self.test_loader is not None else metric
 
     def _early_stop(self) -> bool:
         patience = self.cfg.SOLVER.EARLY_STOP_PATIENCE
@@ -273,9 +279,11 @@ class Trainer:
             scores = {**{"val_" + k[len("test_"):]: v for k, v in scores.items()}, **_reported(self.evaluate(True))}
         record = {"epoch": epoch, "lr": lr, **train_metrics, **scores, "time_s": round(time.perf_counter() - t0, 3)}
         self.history.append(record)
-        improved = test_metrics["test_acc"] > self.best_acc
+        score = test_metrics[self.cfg.SOLVER.SELECT_METRIC]
+        improved = improves(self.cfg.SOLVER.SELECT_METRIC, score, self.best_score)
         if improved:
             self.best_acc, self.best_epoch, self.bad_epochs = test_metrics["test_acc"], epoch, 0
+            self.best_score = score
         else:
             self.bad_epochs += 1
         self._save(epoch, improved)
@@ -382,18 +390,20 @@ class Trainer:
         self.distiller.eval()
         vt = self.val_batch_transform
         score = evaluate_segmentation if self.task == "segmentation" else evaluate
-        return score(
-            self.distiller.forward_test, self.test_loader if test else self.val_loader, self.device,
-            self.num_classes or 1,
-            batch_transform=(lambda x: _to_device(vt(x), self.device, self.channels_last)) if vt
-            else (lambda x: _to_device(x, self.device, self.channels_last)),
-            autocast=self.autocast,
-        )
+        loader = self.test_loader if test else self.val_loader
+        transform = ((lambda x: _to_device(vt(x), self.device, self.channels_last)) if vt
+                     else (lambda x: _to_device(x, self.device, self.channels_last)))
+        out = score(self.distiller.forward_test, loader, self.device, self.num_classes or 1,
+                    batch_transform=transform, autocast=self.autocast)
+        if self.distiller.held_out_objective:  # no classifier is trained: the loss is the method's objective
+            out["test_loss"] = mean_loss(self.distiller.held_out_loss, loader, self.device, transform, self.autocast)
+        return out
 
     def _log_epoch(self, record: dict) -> None:
         if self.is_main and "val_acc" in record:
-            log.info("epoch %d held-out val: loss %.4f %s %.2f (selects the best checkpoint)", record["epoch"],
-                     record["val_loss"], "mIoU" if self.task == "segmentation" else "top1", record["val_acc"])
+            log.info("epoch %d held-out val: loss %.4f %s %.2f (%s selects the best checkpoint)", record["epoch"],
+                     record["val_loss"], "mIoU" if self.task == "segmentation" else "top1", record["val_acc"],
+                     self._selection_name())
         if self.task != "segmentation":
             self.logger.epoch(record, self.best_acc)
             return
@@ -407,7 +417,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ saving
     def _student_file(self) -> dict:
-        return {"format": "kdlab-student", "model": self.distiller.student.state_dict(),
+        """The student's weights, and the method's own trained modules (e.g. a projection head) under "extra"."""
+        extra = {k: v for k, v in self.distiller.state_dict().items() if not k.startswith(("student.", "teacher."))}
+        return {"format": "kdlab-student", "model": self.distiller.student.state_dict(), "extra": extra,
                 "arch": self.cfg.DISTILLER.STUDENT, "num_classes": self.num_classes, "epoch": self.epoch}
 
     def _save(self, epoch: int, improved: bool) -> None:
@@ -456,6 +468,8 @@ class Trainer:
             "best_acc": self.best_acc if self.history else None,
             **held_out,
             "best_epoch": self.best_epoch,
+            "select_metric": self._selection_name(),  # picks best_epoch (and stops early)
+            "best_score": self.best_score,
             "last_acc": last.get("test_acc"),
             "last_acc_top5": last.get("test_acc_top5"),
             "last_epoch": self.epoch,

@@ -6,6 +6,7 @@ Under torchrun the sums are taken over all ranks."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterator
 from typing import Optional
@@ -81,6 +82,28 @@ def evaluate(
     if collect:
         out["confusion"] = confusion.cpu()
     return out
+
+
+@torch.no_grad()
+def mean_loss(
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    loader,
+    device: torch.device,
+    batch_transform: Optional[Callable] = None,
+    autocast: Optional[Callable] = None,
+) -> float:
+    """The per-sample mean over the loader (and ranks) of loss_fn(image, target), a batch-mean loss."""
+    sums = torch.zeros(2, device=device, dtype=torch.float64)  # loss * batch, samples
+    for image, target, _ in loader:
+        image, target = image.to(device, non_blocking=True), target.to(device, non_blocking=True)
+        if batch_transform is not None:
+            image = batch_transform(image)
+        with autocast() if autocast is not None else contextlib.nullcontext():
+            loss = loss_fn(image, target)
+        sums[0] += loss.detach().double() * target.shape[0]
+        sums[1] += target.shape[0]
+    _sum_over_ranks(sums)
+    return sums[0].item() / max(sums[1].item(), 1.0)
 
 
 # ---------------------------------------------------------------- segmentation

@@ -138,7 +138,7 @@ def attach_feature_hooks(model: nn.Module, taps: Taps) -> nn.Module:
     model.kdlab_taps = taps
     for path in (taps.stem, *taps.stages):
         model.get_submodule(path).register_forward_hook(_keep_output)
-    model.get_submodule(taps.pooled).register_forward_pre_hook(_keep_input)
+    model.get_submodule(taps.pooled).register_forward_pre_hook(keep_pooled_input)
     model.register_forward_hook(_pack_outputs)
     return model
 
@@ -147,7 +147,8 @@ def _keep_output(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
     module._kdlab_tap = output
 
 
-def _keep_input(module: nn.Module, args: tuple) -> None:
+def keep_pooled_input(module: nn.Module, args: tuple) -> None:
+    """Forward pre-hook of the module whose input is pooled_feat (kdlab.models.heads re-attaches it to a new head)."""
     # a copy: efficientnet's classifier starts with an in-place dropout that would overwrite it
     module._kdlab_tap = torch.flatten(args[0], 1).clone()
 
