@@ -106,6 +106,11 @@ def _per_sample_reason(transform, cfg: Optional[CfgNode]) -> str:
         return ("DATASET.GPU_AUGMENT is False: the per-sample path draws crops and flips per sample; set "
                 "DATASET.GPU_AUGMENT True (the batched path, whose views the cache holds)")
     name = type(transform).__name__
+    if any(_is_view_space(t) for t in getattr(transform, "transforms", ())):
+        keys = "DATASET.TEST_TRANSFORMS (digits then standardizes each image first)" if cfg is None or \
+            cfg.DATASET.TEST_TRANSFORMS else "the dataset"
+        return (f"the training transform ({name}) wraps its view space in per-sample steps, set by {keys}; the "
+                "cache follows only a bare view space")
     return (f"the training images go through a per-sample transform ({name}) that is not a view space (CIFAR with "
             "DATASET.GPU_AUGMENT False, DATASET.TRAIN_TRANSFORMS, ...): no finite set of views")
 
@@ -252,9 +257,9 @@ def _encode(logits: torch.Tensor, dtype: str) -> np.ndarray:
 
 def _channels_last(teacher: nn.Module, device: torch.device) -> bool:
     """NHWC inputs on CUDA (tensor cores), or where the teacher's convolutions already are NHWC."""
-    weights = [p for p in teacher.parameters() if p.dim() == 4]
-    return device.type == "cuda" or (bool(weights) and weights[0].is_contiguous(memory_format=torch.channels_last)
-                                     and not weights[0].is_contiguous())
+    return device.type == "cuda" or any(
+        p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+        for p in teacher.parameters())
 
 
 def _compute_chunk(teacher, images, views, meta, chunk, batch_size, device, autocast, channels_last) -> np.ndarray:
