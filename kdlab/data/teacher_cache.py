@@ -263,12 +263,15 @@ def _channels_last(teacher: nn.Module, device: torch.device) -> bool:
 
 
 def _compute_chunk(teacher, images, views, meta, chunk, batch_size, device, autocast, channels_last) -> np.ndarray:
-    """The stored rows of one chunk: its images x all views, through the teacher in batches of image-views."""
+    """The stored rows of one chunk: its images x all views, through the teacher in batches of image-views.
+
+    Everything stays on the device until the chunk is done (one transfer, no sync per batch).
+    """
     num_views = meta["shape"][1]
     start, stop = chunk_rows(meta, chunk)
     first_image = start // num_views
     local = images[first_image : stop // num_views].to(device)
-    out = np.empty((stop - start, meta["shape"][2]), dtype=DTYPES[meta["dtype"]][0])
+    parts = []
     for s in range(start, stop, batch_size):
         rows = torch.arange(s, min(s + batch_size, stop), device=device)
         x = views.render(local[rows // num_views - first_image], rows % num_views)
@@ -276,8 +279,8 @@ def _compute_chunk(teacher, images, views, meta, chunk, batch_size, device, auto
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast():
             y = teacher(x)
-        out[s - start : s - start + len(rows)] = _encode(y[0] if isinstance(y, (tuple, list)) else y, meta["dtype"])
-    return out
+        parts.append((y[0] if isinstance(y, (tuple, list)) else y).float())
+    return _encode(torch.cat(parts), meta["dtype"])
 
 
 def _write(fd: int, buffer: np.ndarray, offset: int) -> None:
@@ -300,6 +303,8 @@ def build_teacher_cache(teacher: nn.Module, images: torch.Tensor, views: ViewSpa
     """
     from tqdm import tqdm
 
+    if batch_size < 1 or (chunk_images is not None and chunk_images < 1):
+        raise ValueError(f"batch_size and chunk_images must be >= 1, got {batch_size}, {chunk_images}")
     device = torch.device(device)
     chunk_images = chunk_images or max(1, round(CHUNK_VIEWS / views.num_views))
     meta = _start_or_resume(path, key, chunk_images)
