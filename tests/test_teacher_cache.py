@@ -100,7 +100,7 @@ def test_random_shift_draws_as_the_old_shift_and_renders_batches():
     torch.manual_seed(3)
     views = [shift.sample_view() for _ in range(50)]
     assert sorted(set(views)) == list(range(9)) and shift.num_views == 9
-    batch, ids = torch.randn(18, 1, 8, 8), torch.arange(18) % 9
+    batch, ids = torch.randn(18, 2, 8, 8), torch.arange(18) % 9
     assert torch.equal(shift.render(batch, ids), torch.stack([shift.apply(b, int(v)) for b, v in zip(batch, ids)]))
     assert torch.equal(shift.apply(image, 4), image)  # the centre view is the image itself
     two = DigitsTwoViews(background=-0.5)  # its weak view keeps the old draws too
