@@ -100,7 +100,7 @@ def test_random_shift_draws_as_the_old_shift_and_renders_batches():
     torch.manual_seed(3)
     views = [shift.sample_view() for _ in range(50)]
     assert sorted(set(views)) == list(range(9)) and shift.num_views == 9
-    batch, ids = torch.randn(18, 1, 8, 8), torch.arange(18) % 9
+    batch, ids = torch.randn(18, 2, 8, 8), torch.arange(18) % 9
     assert torch.equal(shift.render(batch, ids), torch.stack([shift.apply(b, int(v)) for b, v in zip(batch, ids)]))
     assert torch.equal(shift.apply(image, 4), image)  # the centre view is the image itself
     two = DigitsTwoViews(background=-0.5)  # its weak view keeps the old draws too
@@ -148,6 +148,9 @@ def test_discrete_views_reasons(cifar_root):
     cfg = cifar_cfg(cifar_root, "DATASET.GPU_AUGMENT", "True", "DATASET.TRAIN_TRANSFORMS", "['RandomHorizontalFlip']")
     assert discrete_views(build_datasets(cfg), cfg).startswith("DATASET.TRAIN_TRANSFORMS is set")
     assert "two views" in discrete_views(build_datasets(digits_cfg(), two_views=True))
+    cfg = digits_cfg("DATASET.TEST_TRANSFORMS", "[{'CenterCrop': 8}]")
+    assert "wraps its view space in per-sample steps, set by DATASET.TEST_TRANSFORMS" in discrete_views(
+        build_datasets(cfg), cfg)
 
 
 # ---------------------------------------------------------------- build and look up
@@ -190,6 +193,19 @@ def test_bfloat16_storage_is_the_rounded_float32_logits(built, tmp_path):
     full = cache.lookup(index, view, "cpu")
     assert torch.equal(bf16.lookup(index, view, "cpu"), full.to(torch.bfloat16).float())
     assert os.path.getsize(os.path.join(bf16.path, "logits.bin")) == 6 * 162 * 10 * 2
+
+
+def test_a_channels_last_teacher_gets_channels_last_batches(built, tmp_path):
+    import copy
+
+    cache, teacher, images, views, key = built
+    nhwc = copy.deepcopy(teacher).to(memory_format=torch.channels_last)
+    layouts = []
+    nhwc.register_forward_pre_hook(lambda m, i: layouts.append(i[0].is_contiguous(memory_format=torch.channels_last)))
+    other = build_teacher_cache(nhwc, images, views, str(tmp_path), key, batch_size=500, progress=False)
+    assert layouts == [True, True]
+    index, view = torch.arange(6).repeat_interleave(162), torch.arange(162).repeat(6)
+    torch.testing.assert_close(other.lookup(index, view, "cpu"), cache.lookup(index, view, "cpu"), rtol=1e-5, atol=1e-5)
 
 
 class Interrupt(Exception):

@@ -85,6 +85,8 @@ def summary(cache, seconds: float | None) -> str:
 
 def plan_for(cfg, args):
     """(cfg with its precision concrete, device, splits, teacher, cache plan) of the configured run."""
+    import torch
+
     from kdlab.data.teacher_cache import compute_precision, resolve_cache
     from kdlab.engine.builder import build_splits, build_teacher, select_device
 
@@ -92,6 +94,8 @@ def plan_for(cfg, args):
     cfg, decided = run_precision(cfg, device)
     splits = build_splits(cfg)
     teacher = build_teacher(cfg, splits)
+    if cfg.SOLVER.CHANNELS_LAST:  # as the run holds it (the builder then feeds NHWC batches)
+        teacher.to(memory_format=torch.channels_last)
     plan = resolve_cache(cfg, teacher, splits, root=args.dir or None, dtype=args.dtype or None,
                          precision=compute_precision(cfg))
     if isinstance(plan, str):

@@ -77,12 +77,14 @@ class RandomShift:
 
     def render(self, batch: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
         """A batch (N, C, H, W), image k shifted as views[k] says."""
-        views = views.to(batch.device)
-        out = torch.empty_like(batch)
-        for view in views.unique().tolist():
-            rows = views == view
-            out[rows] = self.apply(batch[rows], view)
-        return out
+        n, c, h, w = batch.shape
+        span, wp = 2 * self.pad + 1, w + 2 * self.pad
+        padded = torch.nn.functional.pad(batch, (self.pad,) * 4, value=self.fill)
+        views = views.to(batch.device).long()
+        rows = views.div(span, rounding_mode="floor").view(n, 1) + torch.arange(h, device=batch.device)
+        cols = views.remainder(span).view(n, 1) + torch.arange(w, device=batch.device)
+        index = (rows.view(n, h, 1) * wp + cols.view(n, 1, w)).view(n, 1, h * w).expand(n, c, h * w)
+        return padded.reshape(n, c, -1).gather(2, index).view(n, c, h, w)
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         return self.apply(image, self.sample_view())

@@ -106,6 +106,11 @@ def _per_sample_reason(transform, cfg: Optional[CfgNode]) -> str:
         return ("DATASET.GPU_AUGMENT is False: the per-sample path draws crops and flips per sample; set "
                 "DATASET.GPU_AUGMENT True (the batched path, whose views the cache holds)")
     name = type(transform).__name__
+    if any(_is_view_space(t) for t in getattr(transform, "transforms", ())):
+        keys = "DATASET.TEST_TRANSFORMS (digits then standardizes each image first)" if cfg is None or \
+            cfg.DATASET.TEST_TRANSFORMS else "the dataset"
+        return (f"the training transform ({name}) wraps its view space in per-sample steps, set by {keys}; the "
+                "cache follows only a bare view space")
     return (f"the training images go through a per-sample transform ({name}) that is not a view space (CIFAR with "
             "DATASET.GPU_AUGMENT False, DATASET.TRAIN_TRANSFORMS, ...): no finite set of views")
 
@@ -252,18 +257,21 @@ def _encode(logits: torch.Tensor, dtype: str) -> np.ndarray:
 
 def _channels_last(teacher: nn.Module, device: torch.device) -> bool:
     """NHWC inputs on CUDA (tensor cores), or where the teacher's convolutions already are NHWC."""
-    weights = [p for p in teacher.parameters() if p.dim() == 4]
-    return device.type == "cuda" or (bool(weights) and weights[0].is_contiguous(memory_format=torch.channels_last)
-                                     and not weights[0].is_contiguous())
+    return device.type == "cuda" or any(
+        p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+        for p in teacher.parameters())
 
 
 def _compute_chunk(teacher, images, views, meta, chunk, batch_size, device, autocast, channels_last) -> np.ndarray:
-    """The stored rows of one chunk: its images x all views, through the teacher in batches of image-views."""
+    """The stored rows of one chunk: its images x all views, through the teacher in batches of image-views.
+
+    Everything stays on the device until the chunk is done (one transfer, no sync per batch).
+    """
     num_views = meta["shape"][1]
     start, stop = chunk_rows(meta, chunk)
     first_image = start // num_views
     local = images[first_image : stop // num_views].to(device)
-    out = np.empty((stop - start, meta["shape"][2]), dtype=DTYPES[meta["dtype"]][0])
+    parts = []
     for s in range(start, stop, batch_size):
         rows = torch.arange(s, min(s + batch_size, stop), device=device)
         x = views.render(local[rows // num_views - first_image], rows % num_views)
@@ -271,8 +279,8 @@ def _compute_chunk(teacher, images, views, meta, chunk, batch_size, device, auto
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast():
             y = teacher(x)
-        out[s - start : s - start + len(rows)] = _encode(y[0] if isinstance(y, (tuple, list)) else y, meta["dtype"])
-    return out
+        parts.append((y[0] if isinstance(y, (tuple, list)) else y).float())
+    return _encode(torch.cat(parts), meta["dtype"])
 
 
 def _write(fd: int, buffer: np.ndarray, offset: int) -> None:
@@ -295,6 +303,8 @@ def build_teacher_cache(teacher: nn.Module, images: torch.Tensor, views: ViewSpa
     """
     from tqdm import tqdm
 
+    if batch_size < 1 or (chunk_images is not None and chunk_images < 1):
+        raise ValueError(f"batch_size and chunk_images must be >= 1, got {batch_size}, {chunk_images}")
     device = torch.device(device)
     chunk_images = chunk_images or max(1, round(CHUNK_VIEWS / views.num_views))
     meta = _start_or_resume(path, key, chunk_images)
