@@ -292,3 +292,17 @@ def test_logit_only_methods_take_the_teachers_logits_instead_of_running_it(monke
         _, got = d(image, target, epoch=2, index=torch.arange(16), teacher_logits=teacher_logits)
         monkeypatch.undo()
         assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got), name
+
+
+def test_a_cache_built_ahead_by_tools_cache_teacher_is_used_by_auto(tmp_path, teachers):
+    """The tool and the trainer derive the same key and path (SOLVER.AMP auto included) for the same config."""
+    from conftest import load_script
+
+    tool = load_script("tools/cache_teacher.py", "cache_teacher_for_run")
+    opts = {"SOLVER.AMP": "auto", "SOLVER.CHANNELS_LAST": "auto", "SOLVER.MAX_STEPS_PER_EPOCH": 1}
+    cfg_opts = digits_opts(str(tmp_path), epochs=1, **{**SHORT, **opts, "DISTILLER.TEACHER_CKPT": teachers["digits"]})
+    assert tool.main(["--cfg", DIGITS["kd"], *cfg_opts]) == 0
+    summary = train(_cfg("digits", tmp_path, teachers, epochs=1, **opts, **{"DISTILLER.TEACHER_CACHE": "auto"}))
+    record = summary["teacher_cache"]
+    assert record["used"] and "built" not in record and os.path.isdir(record["path"])
+    assert tc.TeacherCache.open(record["path"]).meta["teacher_test_acc"] is not None
