@@ -1,7 +1,7 @@
 """The teacher-output cache on a device: KD step with the teacher on the fly vs from the cache, and the build.
 
     python tools/bench_teacher_cache.py [--device cuda] [--json] [--steps 20] [--warmup 5] [--build-images 2048]
-        [--build-batch 2048] [--reference-repo PATH/TO/mdistiller] [--tiny] [KEY VALUE ...]
+        [--build-batch N] [--reference-repo PATH/TO/mdistiller] [--tiny] [KEY VALUE ...]
 
 On synthetic CIFAR-100 data (no dataset or checkpoint needed), for KD resnet32x4 -> resnet8x4
 (configs/cifar100/kd/resnet32x4_resnet8x4.yaml; SOLVER.AMP / CHANNELS_LAST `auto` resolved as a run
@@ -39,7 +39,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=20, help="timed steps of each kind (median reported)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     p.add_argument("--build-images", type=int, default=2048, help="images in the cache whose build is timed")
-    p.add_argument("--build-batch", type=int, default=2048, help="image-views per teacher batch while building")
+    p.add_argument("--build-batch", type=int, default=0,
+                   help="image-views per teacher batch while building (default: as a run builds on the device)")
     p.add_argument("--reference-repo", default="", help="mdistiller checkout: also time its step, interleaved")
     p.add_argument("--tiny", action="store_true", help="seconds on a CPU: resnet8 pair, batch 8, 4 cache images")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -18,13 +18,15 @@ from typing import Any
 import torch
 
 from kdlab.benchmark.data import CIFAR_SIZES, sync
-from kdlab.engine.teacher_cache_run import BUILD_BATCH, device_resident
+from kdlab.engine.teacher_cache_run import build_batch_size, device_resident
 from kdlab.engine.trainer import Trainer
 from kdlab.errors import ConfigError
 
 
-def build_bench_cache(trainer: Trainer, images: torch.Tensor, folder: str, batch_size: int = BUILD_BATCH):
-    """Build a cache of the trainer's teacher over raw uint8 images (all views); return (cache, seconds)."""
+def build_bench_cache(trainer: Trainer, images: torch.Tensor, folder: str, batch_size: int = 0):
+    """Build a cache of the trainer's teacher over raw uint8 images (all views); return (cache, seconds).
+
+    batch_size 0: as a training run builds on this device (kdlab.engine.teacher_cache_run.build_batch_size)."""
     from kdlab.data import teacher_cache as tc
 
     views = trainer.train_batch_transform
@@ -35,6 +37,7 @@ def build_bench_cache(trainer: Trainer, images: torch.Tensor, folder: str, batch
     key = tc.cache_key(trainer.distiller.teacher, images, views, dataset=cfg.DATASET.TYPE,
                        teacher_name=cfg.DISTILLER.TEACHER, num_classes=trainer.num_classes,
                        dtype=cfg.DISTILLER.TEACHER_CACHE_DTYPE, precision=tc.compute_precision(cfg))
+    batch_size = batch_size or build_batch_size(trainer.device)
     sync(trainer.device)
     start = time.perf_counter()
     cache = tc.build_teacher_cache(trainer.distiller.teacher, images, views, os.path.join(folder, "cache"), key,
@@ -64,7 +67,7 @@ def check_lookup(trainer: Trainer, batch) -> float:
 
 
 def cached_step(trainer: Trainer, batch, n_images: int, folder: str, build_images: int = 0,
-                build_batch: int = BUILD_BATCH) -> tuple[Callable[[], None], dict[str, Any]]:
+                build_batch: int = 0) -> tuple[Callable[[], None], dict[str, Any]]:
     """(step, facts): the trainer's step with a cache over n_images images of batch, and the build's figures.
 
     With build_images > n_images the cache also holds random images up to that count, so that the build
@@ -79,6 +82,7 @@ def cached_step(trainer: Trainer, batch, n_images: int, folder: str, build_image
         g = torch.Generator().manual_seed(0)
         extra = torch.randint(0, 256, (build_images - n_images, *images.shape[1:]), dtype=torch.uint8, generator=g)
         images = torch.cat([images.cpu(), extra])
+    build_batch = build_batch or build_batch_size(trainer.device)
     cache, seconds = build_bench_cache(trainer, images, folder, build_batch)
     trainer.teacher_cache = device_resident(cache, trainer.device)  # as a training run does
     facts = {"images": len(images), "views": cache.num_views, "dtype": str(cache.dtype), "build_s": round(seconds, 3),

@@ -161,7 +161,7 @@ def bench_step(
     teacher_cache: bool = False,
     cache_images: int = 0,
     build_images: int = 0,
-    build_batch: int = 512,
+    build_batch: int = 0,
 ) -> dict[str, Any]:
     """Median seconds per Trainer.train_step for cfg as shipped, for each candidate setting of `auto` (every
     setting this device runs with all_candidates), the plain step and mdistiller's step, interleaved;

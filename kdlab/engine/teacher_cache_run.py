@@ -30,7 +30,14 @@ from kdlab.errors import ConfigError
 
 log = logging.getLogger("kdlab")
 
-BUILD_BATCH = 512  # image-views per teacher batch while building
+# Image-views per teacher batch while building. On a CPU small batches stay in its caches: resnet32x4 on
+# 32x32 images ran at 45 image-views/s in batches of 512 and 62-75 in batches of 16-64 (2-core AMD EPYC).
+BUILD_BATCH = {"cpu": 64}
+BUILD_BATCH_DEFAULT = 512
+
+
+def build_batch_size(device: torch.device) -> int:
+    return BUILD_BATCH.get(torch.device(device).type, BUILD_BATCH_DEFAULT)
 DEVICE_RESIDENT_FRACTION = 0.25  # on CUDA, a cache up to this share of the free memory is copied there
 
 
@@ -134,8 +141,9 @@ def build(teacher, plan, device: torch.device, autocast=None, progress: bool = T
     from kdlab.data.teacher_cache import build_teacher_cache
 
     start = time.perf_counter()
-    cache = build_teacher_cache(teacher, plan.images, plan.views, plan.path, plan.key, batch_size=BUILD_BATCH,
-                                device=device, autocast=autocast, progress=progress)
+    cache = build_teacher_cache(teacher, plan.images, plan.views, plan.path, plan.key,
+                                batch_size=build_batch_size(device), device=device, autocast=autocast,
+                                progress=progress)
     seconds = time.perf_counter() - start
     log.info("teacher cache: built %s in %.1f s (%.0f image-views/s)", plan.path, seconds,
              plan.num_images * plan.num_views / max(seconds, 1e-9))
