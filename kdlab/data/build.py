@@ -9,9 +9,9 @@ class declares `two_views`, e.g. MLKD) the training image is a tuple `(weak, str
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -19,7 +19,7 @@ from yacs.config import CfgNode
 
 from kdlab.config import hooks
 from kdlab.data.sampling import ResumableSampler, SeededDataset, worker_init
-from kdlab.errors import ConfigError, UnknownNameError
+from kdlab.errors import ConfigError
 from kdlab.registry import Registry
 
 DATASETS = Registry("dataset")

@@ -35,14 +35,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from torchvision import transforms as T
 
 from kdlab.data.batch_augment import BatchCropFlipNormalize, BatchNormalize
 from kdlab.data.build import DATASETS, DatasetSplits
+from kdlab.data.config_transforms import FitSize, build_transforms, config_pipeline
 from kdlab.data.digits import TensorImageDataset
 from kdlab.data.safe_pickle import load_pickle
-from torchvision import transforms as T
-
-from kdlab.data.config_transforms import FitSize, build_transforms, config_pipeline
 from kdlab.data.transforms import (
     CIFAR10_MEAN,
     CIFAR10_STD,

@@ -104,7 +104,8 @@ def load_digits_raw() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.T
     x_tr, x_te, y_tr, y_te = train_test_split(
         x, y, test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=y
     )
-    return torch.from_numpy(x_tr)[:, None], torch.from_numpy(y_tr), torch.from_numpy(x_te)[:, None], torch.from_numpy(y_te)
+    x_tr, x_te = torch.from_numpy(x_tr)[:, None], torch.from_numpy(x_te)[:, None]
+    return x_tr, torch.from_numpy(y_tr), x_te, torch.from_numpy(y_te)
 
 
 def load_digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -19,7 +19,8 @@ Transforms (mdistiller's `dataset/tiny_imagenet.py`): train RandomRotation(20) +
 RandomHorizontalFlip + normalize with Tiny-ImageNet's statistics; val normalize only. Two-view
 methods get the strong view of kdlab.data.transforms on the same geometric augmentation.
 A DATASET.TRAIN_TRANSFORMS / TEST_TRANSFORMS list replaces the split's augmentation (kdlab.data.config_transforms);
-DATASET.NORMALIZE imagenet swaps in ImageNet's statistics. DATASET.DOWNLOAD True fetches and unpacks the official zip (248 MB) when the folder is missing.
+DATASET.NORMALIZE imagenet swaps in ImageNet's statistics. DATASET.DOWNLOAD True fetches and unpacks the
+official zip (248 MB) when the folder is missing.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from kdlab.data.build import DATASETS, DatasetSplits
-from kdlab.data.imagenet import _is_image, decode_image
 from kdlab.data.config_transforms import FitSize, build_transforms, config_pipeline
+from kdlab.data.imagenet import _is_image, decode_image
 from kdlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ToFloat, two_view_transform
 from kdlab.errors import DatasetFormatError, DatasetNotFoundError
 

@@ -42,10 +42,10 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from kdlab.constants import IGNORE_INDEX
 from kdlab.data.build import DATASETS, DatasetSplits
 from kdlab.data.config_transforms import config_pipeline
 from kdlab.data.imagenet import decode_image
-from kdlab.constants import IGNORE_INDEX
 from kdlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from kdlab.errors import ConfigError, DatasetFormatError, DatasetNotFoundError
 
@@ -208,7 +208,8 @@ def build_voc(cfg, two_views: bool = False) -> DatasetSplits:
     size = cfg.DATASET.IMAGE_SIZE or DEFAULT_IMAGE_SIZE
     train_list, test_list = cfg.DATASET.TRAIN_TRANSFORMS, cfg.DATASET.TEST_TRANSFORMS
     train_tf = (config_pipeline("DATASET.TRAIN_TRANSFORMS", train_list, size, IMAGENET_MEAN, IMAGENET_STD,
-                                mask_fill=IGNORE_INDEX) if train_list else voc_train_transform(size, cfg.DATASET.AUGMENT))
+                                mask_fill=IGNORE_INDEX)
+                if train_list else voc_train_transform(size, cfg.DATASET.AUGMENT))
     val_tf = (config_pipeline("DATASET.TEST_TRANSFORMS", test_list, size, IMAGENET_MEAN, IMAGENET_STD,
                               mask_fill=IGNORE_INDEX) if test_list else voc_val_transform(size))
     train = VOCSegmentationDataset(read_split(paths, "train"), train_tf)
