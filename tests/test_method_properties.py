@@ -49,7 +49,8 @@ def test_every_method_declares_its_properties():
     assert {"NONE", "KD", "DKD", "MLKD", "FITNET", "FEATKD", "CONKD"} <= set(METHODS)
     for name in METHODS:
         cls = DISTILLERS.get(name)
-        for flag in ("two_views", "needs_teacher", "supports_segmentation", "supports_logit_stand"):
+        for flag in ("two_views", "needs_teacher", "supports_segmentation", "supports_logit_stand",
+                     "teacher_logits_only"):
             assert isinstance(getattr(cls, flag), bool), (name, flag)
         fields = {f.name for f in dataclasses.fields(DatasetFacts)}
         assert set(cls.dataset_facts) <= fields, name

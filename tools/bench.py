@@ -29,8 +29,8 @@ from kdlab.cli import hoist_flags, run_cli  # noqa: E402
 from kdlab.config import load_cfg  # noqa: E402
 
 VALUE_FLAGS = {"--cfg", "--steps", "--warmup", "--reference-repo", "--threads", "--batches", "--method", "--pair",
-               "--dataset"}
-BOOL_FLAGS = {"--json", "--data", "--no-plain", "--all-candidates", "--debug", "-h", "--help"}
+               "--dataset", "--cache-images"}
+BOOL_FLAGS = {"--json", "--data", "--no-plain", "--all-candidates", "--teacher-cache", "--debug", "-h", "--help"}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -46,6 +46,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-plain", action="store_true", help="skip the fast-path-off baseline")
     p.add_argument("--all-candidates", action="store_true",
                    help="time every precision/memory format this device runs, also those auto rules out")
+    p.add_argument("--teacher-cache", action="store_true",
+                   help="also time the step reading the teacher logits from a real teacher-output cache, and its build")
+    p.add_argument("--cache-images", type=int, default=0,
+                   help="--teacher-cache: images in the cache (all their views; default: the batch's; fewer repeat)")
     p.add_argument("--method", default="", help="time these methods' shipped configs of one pair: all, or KD,AT,...")
     p.add_argument("--dataset", default="cifar100", help="--method: the configs/<dataset>/ folder")
     p.add_argument("--pair", default="", help="--method: config file stem, e.g. resnet32x4_resnet8x4 (the default)")
@@ -82,6 +86,8 @@ def report_step(r: dict) -> str:
     if "reference_step_s" in r:
         lines.append(_fmt_step("mdistiller", r["reference_step_s"], r["batch_size"],
                                f"  ratio kdlab/mdistiller {r['ratio']:.3f}"))
+    if "cached_step_s" in r:
+        lines.extend(report_cached(r))
     memory = "CUDA allocated" if "cuda" in r["device"] else "RSS growth"
     lines.append(f"  peak memory     {r['peak_mem_mb']:.0f} MB ({memory})")
     if "run_estimate_h" in r:
@@ -91,6 +97,25 @@ def report_step(r: dict) -> str:
                      f"({r['train_images']} train / {r['test_images']} test images, incl. evaluation)")
     lines.append(f"  load average    {r['load_avg_1m'][0]} -> {r['load_avg_1m'][1]}")
     return "\n".join(lines)
+
+
+def report_cached(r: dict) -> list[str]:
+    vs_ref = f", ratio kdlab/mdistiller {r['ratio_cached']:.3f}" if "ratio_cached" in r else ""
+    b = r["build"]
+    lines = [_fmt_step("kdlab, teacher cache", r["cached_step_s"], r["batch_size"],
+                       f"  x{r['speedup_cached']:.2f} vs as shipped{vs_ref}"),
+             f"  cache build     {b['image_views_per_s']:.0f} image-views/s ({b['images']} images x {b['views']} views "
+             f"in {b['build_s']:.1f} s; lookup vs teacher max |diff| {b['lookup_max_abs_diff']:.2e})"]
+    if "full_build_s" in b:
+        lines.append(f"  full build      {b['full_images']} x {b['views']}: {b['full_build_h']:.2f} h = "
+                     f"{b['full_build_epochs']:.1f} epochs of the on-the-fly step")
+    if "run_estimate_cached_h" in r:
+        lines.append(f"  {r['epochs']}-epoch run     ~{r['run_estimate_cached_h']:.1f} h with the cache "
+                     f"(~{r['run_estimate_h']:.1f} h without; plus the build once per teacher)")
+    if "break_even_epochs" in r:
+        lines.append(f"  pays off after  {r['break_even_epochs']:.0f} training epochs with this teacher "
+                     f"(the cache saves {100 * r['saved_fraction']:.0f} % of each step)")
+    return lines
 
 
 def report_data(r: dict) -> str:
@@ -127,7 +152,8 @@ def main(argv: list[str]) -> int:
         print(json.dumps(result) if args.json else report_data(result))
         return 0
     result = bench_step(cfg, steps=args.steps, warmup=args.warmup, reference_repo=args.reference_repo or None,
-                        plain=not args.no_plain, all_candidates=args.all_candidates)
+                        plain=not args.no_plain, all_candidates=args.all_candidates,
+                        teacher_cache=args.teacher_cache, cache_images=args.cache_images)
     print(json.dumps(result) if args.json else report_step(result))
     return 0
 

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from yacs.config import CfgNode
 
+from kdlab.benchmark.cache import cached_step, summarize_cached
 from kdlab.benchmark.data import dataset_for_bench, sync, with_options
 from kdlab.benchmark.reference import load_reference, reference_input
 from kdlab.data import build_dataloaders
@@ -157,9 +158,15 @@ def bench_step(
     plain: bool = True,
     estimate: bool = True,
     all_candidates: bool = False,
+    teacher_cache: bool = False,
+    cache_images: int = 0,
+    build_images: int = 0,
+    build_batch: int = 0,
 ) -> dict[str, Any]:
     """Median seconds per Trainer.train_step for cfg as shipped, for each candidate setting of `auto` (every
-    setting this device runs with all_candidates), the plain step and mdistiller's step, interleaved.
+    setting this device runs with all_candidates), the plain step and mdistiller's step, interleaved;
+    with teacher_cache also the shipped step reading the teacher's logits from a real cache over
+    cache_images images of the batch (default: all of them), and the build's throughput (kdlab.benchmark.cache).
 
     Steps with the same setting are timed once (the shipped step is one of the candidates). Peak memory
     is measured over the shipped step's warm-up, before the other steps are built.
@@ -200,6 +207,12 @@ def bench_step(
             runners[name] = trainer_step(other, batch)
             alias[name] = name
             _warm(runners[name], warmup, device)
+        if teacher_cache:
+            cached = make_trainer(named["kdlab"], device, os.path.join(run_dir, "cached"),
+                                  splits=trainer.train_loader.splits)
+            stack.callback(cached.logger.close)
+            runners["cached"], build = cached_step(cached, batch, cache_images, run_dir, build_images, build_batch)
+            _warm(runners["cached"], warmup, device)
         if make_reference is not None:
             target = batch[1].to(device)
             runners["reference"] = make_reference(reference_input(trainer, batch), target, trainer.num_classes)
@@ -213,6 +226,8 @@ def bench_step(
     if estimate:
         n_train, n_test = sizes or (len(trainer.train_loader.dataset), len(trainer.val_loader.dataset))
         result.update(run_estimate(cfg, result["step_s"], eval_s, n_train, n_test))
+    if teacher_cache:
+        result.update(summarize_cached(result, measured["cached"], build))
     result["load_avg_1m"] = [load_start, _load_average()]
     return result
 

@@ -69,6 +69,15 @@ _C.DISTILLER.STUDENT_PRETRAINED = ""  # optional initial student weights (file o
 _C.DISTILLER.MODEL_KWARGS = CN(new_allowed=True)  # extra keyword args for the student's builder (lower-cased)
 _C.DISTILLER.MODEL_KWARGS.DROPOUT = 0.0  # dropout before the classifier (scaled CNNs)
 _C.DISTILLER.TEACHER_KWARGS = CN(new_allowed=True)  # extra keyword args for the teacher's builder
+# Teacher-output cache (kdlab.engine.teacher_cache_run): for methods whose only use of the teacher is its logits
+# (KD, DKD, CTKD, CONKD, DOT with those) on datasets whose training augmentation has finitely many outcomes
+# (CIFAR's crop + flip: 162 views per image; digits' shift: 9), the teacher's logits of every view of every
+# training image are computed once and looked up instead of running the teacher. off | auto (use a matching
+# cache; build one when the run's teacher forwards are at least the build's, EPOCHS >= views per image; else
+# say why not) | build (build or resume it now, a ConfigError when the run cannot use one). Never in evaluation.
+_C.DISTILLER.TEACHER_CACHE = "off"
+_C.DISTILLER.TEACHER_CACHE_DIR = ""  # where caches live; empty -> <LOG.PREFIX>/teacher_cache
+_C.DISTILLER.TEACHER_CACHE_DTYPE = "float32"  # storage: float32 (exact) | bfloat16 (half the disk, ~3 digits)
 
 # ---------------------------------------------------------------- solver
 _C.SOLVER = CN()

@@ -51,6 +51,24 @@ def _check_trainer(cfg: CfgNode, method) -> None:
         )
 
 
+TEACHER_CACHE_MODES = ("off", "auto", "build")
+TEACHER_CACHE_DTYPES = ("float32", "bfloat16")
+
+
+def _check_teacher_cache(cfg: CfgNode, method) -> None:
+    """DISTILLER.TEACHER_CACHE* values; `build` for a method that uses more of its teacher than the logits."""
+    node = cfg.DISTILLER
+    for key, value, valid in (("TEACHER_CACHE", node.TEACHER_CACHE, TEACHER_CACHE_MODES),
+                              ("TEACHER_CACHE_DTYPE", node.TEACHER_CACHE_DTYPE, TEACHER_CACHE_DTYPES)):
+        if value not in valid:
+            raise ConfigError(f"DISTILLER.{key} {value!r}: use one of {', '.join(valid)}")
+    if node.TEACHER_CACHE == "build" and method is not None and not getattr(method, "teacher_logits_only", False):
+        raise ConfigError(
+            f"DISTILLER.TEACHER_CACHE build: DISTILLER.TYPE {cfg.DISTILLER.TYPE} uses more of its teacher than the "
+            "logits of one view (features, or two views), so a teacher-output cache cannot stand in for it; "
+            "set DISTILLER.TEACHER_CACHE off or auto")
+
+
 def _check_wandb(cfg: CfgNode) -> None:
     if cfg.LOG.WANDB and importlib.util.find_spec("wandb") is None:
         raise ConfigError("LOG.WANDB True needs the wandb package: pip install wandb (or set LOG.WANDB False)")
@@ -79,6 +97,7 @@ def validate_cfg(cfg: CfgNode) -> None:
             group, leaf = key.split(".")
             _check_name(key, cfg[group][leaf], *valid)
     _check_trainer(cfg, method)
+    _check_teacher_cache(cfg, method)
     _check_name("SOLVER.AMP_DTYPE", cfg.SOLVER.AMP_DTYPE, ["bfloat16", "float16"])
     _check_name("SOLVER.PLATEAU_METRIC", cfg.SOLVER.PLATEAU_METRIC, ["test_acc", "test_loss"])
     _check_name("SOLVER.SELECT_METRIC", cfg.SOLVER.SELECT_METRIC, ["test_acc", "test_loss"])

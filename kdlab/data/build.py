@@ -85,8 +85,8 @@ class IndexedSubset(Dataset):
         return len(self.indices)
 
     def __getitem__(self, index: int):
-        image, target, _ = self.dataset[self.indices[index]]
-        return image, target, index
+        image, target, _, *view = self.dataset[self.indices[index]]  # view: see TensorImageDataset.return_views
+        return (image, target, index, *view)
 
 
 def held_out_indices(n: int, fraction: float, targets=None) -> tuple[list[int], list[int]]:

@@ -22,16 +22,25 @@ TEST_FRACTION = 0.2
 
 
 class TensorImageDataset(Dataset):
-    """In-memory (image, target, index) dataset with an optional per-sample transform."""
+    """In-memory (image, target, index) dataset with an optional per-sample transform.
+
+    With `return_views` (set while a teacher-output cache serves the run) items are (image, target, index, view):
+    the transform is a view space (RandomShift) and `view` the id of the outcome it drew (0 without a transform).
+    """
 
     def __init__(self, images: torch.Tensor, targets: torch.Tensor, transform=None) -> None:
         self.images, self.targets, self.transform = images, targets, transform
+        self.return_views = False
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def __getitem__(self, index: int):
         image = self.images[index]
+        if self.return_views:
+            view = self.transform.sample_view() if self.transform is not None else 0
+            image = self.transform.apply(image, view) if self.transform is not None else image
+            return image, int(self.targets[index]), index, view
         if self.transform is not None:
             image = self.transform(image)
         return image, int(self.targets[index]), index

@@ -35,9 +35,10 @@ class Distiller(nn.Module):
     """Holds a student, a frozen teacher (always in eval mode) and any extra trainable modules.
 
     forward_train(image, target, **extras) -> (student_logits, {loss_name: scalar tensor});
-    the total loss is the sum of the dict. `extras` carries `epoch` (for warm-ups) and
-    `index` (for memory-bank methods). Two-view methods set `two_views = True` and receive
-    `image` as a tuple (weak, strong).
+    the total loss is the sum of the dict. `extras` carries `epoch` (for warm-ups),
+    `index` (for memory-bank methods) and, with a teacher-output cache, `teacher_logits` (float32, the
+    teacher's logits of this batch's views; only for methods with `teacher_logits_only`). Two-view
+    methods set `two_views = True` and receive `image` as a tuple (weak, strong).
 
     Everything the rest of kdlab needs to know about a method is declared here, on its class:
     the class attributes below, `needed_facts` and `apply_logit_stand`. `supports_logit_stand`
@@ -46,6 +47,9 @@ class Distiller(nn.Module):
 
     two_views: bool = False  # the data pipeline must deliver (weak, strong) views
     needs_teacher: bool = True  # False: no teacher is built or loaded (DISTILLER.TEACHER is not checked)
+    # True: the method's only use of the teacher is its logits of the training image (teacher_logits_for), so the
+    # trainer may pass them from a teacher-output cache (DISTILLER.TEACHER_CACHE) as extras["teacher_logits"]
+    teacher_logits_only: bool = False
     supports_segmentation: bool = False  # per-pixel logits (N, C, H, W) are handled
     dataset_facts: tuple[str, ...] = ()  # the DatasetFacts fields from_config reads
     supports_logit_stand: bool = False  # derived from apply_logit_stand, see __init_subclass__
@@ -119,6 +123,14 @@ class Distiller(nn.Module):
         """Run the frozen teacher without building a graph; outputs are safe to use in losses."""
         logits, feats = self.teacher(image)
         return logits, feats
+
+    def teacher_logits_for(self, image: torch.Tensor, extras: dict) -> torch.Tensor:
+        """The teacher's logits of `image`: extras["teacher_logits"] when the trainer passed them (from the
+        teacher-output cache), else computed by the frozen teacher."""
+        given = extras.get("teacher_logits")
+        if given is not None:
+            return given
+        return self.teacher_forward(image)[0]
 
     def forward_train(self, image: Any, target: torch.Tensor, **extras: Any):
         raise NotImplementedError

@@ -60,6 +60,7 @@ def load_teacher_head(path: str, in_dim: int, out_dim: int) -> nn.Sequential:
 class ConKD(Distiller):
     paper = "SupCon (Khosla et al., NeurIPS 2020) + logit-standardized KD"
     group = "CONKD"
+    teacher_logits_only = True  # with KD_ON logits the teacher gives logits only (the head is the student's)
     dataset_facts = ("input_size",)  # the student is probed once to size the projection head
 
     def __init__(
@@ -84,6 +85,7 @@ class ConKD(Distiller):
         self.temperature, self.supcon_temperature = temperature, supcon_temperature
         self.supcon_variant = supcon_variant
         self.kd_on_embeddings = teacher_head is not None
+        self.teacher_logits_only = not self.kd_on_embeddings  # KD_ON embeddings reads the teacher's features
         self.held_out_objective = self.kd_on_embeddings
 
     @classmethod
@@ -123,7 +125,7 @@ class ConKD(Distiller):
                 kd_teacher = F.normalize(self.teacher.kdlab_proj_head(feats_teacher["pooled_feat"]), dim=1)
             kd_student = F.normalize(embedding, dim=1)
         else:
-            kd_student, (kd_teacher, _) = logits_student, self.teacher_forward(image)
+            kd_student, kd_teacher = logits_student, self.teacher_logits_for(image, extras)
         return logits_student, {
             "loss_ce": self.ce_weight * cross_entropy(logits_student, target),
             "loss_kd": self.kd_weight * kd_loss(kd_student, kd_teacher, self.temperature, logit_stand=True),

@@ -135,6 +135,7 @@ class _CurriculumTemperature(Distiller):
 
     group = "CTKD"
     paper = "Li et al., AAAI 2023"
+    teacher_logits_only = True  # the temperature module reads the teacher's logits, nothing else
 
     def __init__(self, student, teacher, mode: str, t_start: float, t_end: float, cosine: bool,
                  decay_max: float, decay_min: float, decay_loops: float, num_classes=None, hidden: int = 128):
@@ -170,7 +171,7 @@ class _CurriculumTemperature(Distiller):
         if extras.get("epoch") is None:
             raise ValueError(f"{type(self).__name__}.forward_train needs epoch=<1-based epoch> for its lambda schedule")
         logits_student, _ = self.student(image)
-        logits_teacher, _ = self.teacher_forward(image)
+        logits_teacher = self.teacher_logits_for(image, extras)
         return logits_student, logits_teacher, self.temperature(logits_teacher, logits_student, extras["epoch"])
 
 

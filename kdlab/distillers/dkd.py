@@ -17,6 +17,7 @@ from kdlab.distillers.losses import dkd_loss
 class DKD(Distiller):
     paper = "Zhao et al., CVPR 2022"
     group = "DKD"
+    teacher_logits_only = True
 
     def __init__(
         self,
@@ -59,7 +60,7 @@ class DKD(Distiller):
 
     def forward_train(self, image, target, **extras):
         logits_student, _ = self.student(image)
-        logits_teacher, _ = self.teacher_forward(image)
+        logits_teacher = self.teacher_logits_for(image, extras)
         loss_dkd = dkd_loss(
             logits_student, logits_teacher, target, self.alpha, self.beta, self.temperature, self.logit_stand
         )

@@ -32,6 +32,7 @@ class DKDAug(DKD):
     paper = "Zhao et al., CVPR 2022, on MLKD's two views (no reference code)"
     group = "DKD"
     two_views = True
+    teacher_logits_only = False  # the teacher sees both views
 
     def forward_train(self, image, target, **extras):
         if not isinstance(image, (tuple, list)) or len(image) != 2:

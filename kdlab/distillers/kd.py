@@ -18,6 +18,7 @@ class KD(Distiller):
     paper = "Hinton et al., NeurIPS workshop 2015"
     group = "KD"
     supports_segmentation = True
+    teacher_logits_only = True
 
     def __init__(
         self, student, teacher, temperature: float, ce_weight: float, kd_weight: float, logit_stand: bool = False,
@@ -52,7 +53,7 @@ class KD(Distiller):
 
     def forward_train(self, image, target, **extras):
         logits_student, _ = self.student(image)
-        logits_teacher, _ = self.teacher_forward(image)
+        logits_teacher = self.teacher_logits_for(image, extras)
         return logits_student, {
             "loss_ce": self.ce_weight * cross_entropy(logits_student, target),
             "loss_kd": self.kd_weight

@@ -24,6 +24,7 @@ class MLKD(KD):
     """Same config (KD group) and weights as KD; two views per image and multi-level losses."""
 
     two_views = True
+    teacher_logits_only = False  # the teacher sees both views
     supports_segmentation = False
 
     def forward_train(self, image, target, **extras):

@@ -22,7 +22,8 @@ from kdlab.engine import precision
 from kdlab.engine.builder import build_everything, select_device
 from kdlab.engine.checkpoint import load_training_state
 from kdlab.engine.loggers import setup_logging
-from kdlab.engine.trainer import Trainer
+from kdlab.engine.teacher_cache_run import deliver_view_ids, plan_teacher_cache
+from kdlab.engine.trainer import Trainer, autocast_context
 from kdlab.errors import ConfigError
 
 log = logging.getLogger("kdlab")
@@ -31,7 +32,7 @@ log = logging.getLogger("kdlab")
 # where files live, how the run is executed and logged, and how long it goes on. None of them
 # changes what a training step computes (SOLVER.EPOCHS does move a cosine schedule's end).
 RESUME_NEUTRAL_KEYS = ("LOG.", "DATASET.ROOT", "DATASET.DOWNLOAD", "DATASET.NUM_WORKERS", "DATASET.TEST.BATCH_SIZE",
-                       "SOLVER.DEVICE", "SOLVER.DIST_BACKEND", "SOLVER.EPOCHS")
+                       "SOLVER.DEVICE", "SOLVER.DIST_BACKEND", "SOLVER.EPOCHS", "DISTILLER.TEACHER_CACHE_DIR")
 # Keys whose "auto" is resolved at start-up; a run's saved config holds the resolved value.
 RESOLVED_AT_START = ("SOLVER.AMP", "SOLVER.CHANNELS_LAST")
 
@@ -156,6 +157,11 @@ def train(cfg: CfgNode, resume: bool = False, install_signal_handlers: bool = Fa
     decision = resolve_precision(cfg, distiller, train_loader, device, splits, resume_state)
     cfg = precision.apply(cfg, decision.choice)  # from here on SOLVER.AMP / CHANNELS_LAST are concrete
     facts["precision"] = decision.record()
+    done = resume_state["epoch"] if resume_state is not None else 0
+    cache_plan = plan_teacher_cache(cfg, distiller, splits, device, autocast_context(cfg, device),
+                                    remaining_epochs=cfg.SOLVER.EPOCHS - done)
+    facts["teacher_cache"] = cache_plan.record
+    deliver_view_ids(train_loader, cache_plan)
     prepare_distiller(cfg, distiller, device)
     model = wrap_distributed(cfg, distiller, device)
     run_dir = choose_run_dir(cfg, resume)
@@ -164,7 +170,8 @@ def train(cfg: CfgNode, resume: bool = False, install_signal_handlers: bool = Fa
         with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:
             f.write(f"# {describe(cfg, distiller.teacher is not None)}\n{decision.header()}\n")
             f.write(cfg.dump())
-    trainer = Trainer(cfg, distiller, train_loader, val_loader, run_dir, device, model=model, facts=facts)
+    trainer = Trainer(cfg, distiller, train_loader, val_loader, run_dir, device, model=model, facts=facts,
+                      teacher_cache=cache_plan.cache)
     log.info("run: %s", describe(cfg, distiller.teacher is not None))
     log.info("precision: %s", decision.describe())
     log.info("run directory: %s | device: %s | AMP: %s", run_dir, device,

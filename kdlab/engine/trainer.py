@@ -28,6 +28,7 @@ from kdlab.engine import dot
 from kdlab.engine.checkpoint import FORMAT, FORMAT_VERSION, atomic_save
 from kdlab.engine.loggers import RunLogger
 from kdlab.engine.optim import build_optimizer, build_scheduler, improves, set_lr, weight_decay_groups
+from kdlab.engine.teacher_cache_run import batch_views
 from kdlab.errors import CheckpointError, NonFiniteLossError
 from kdlab.evaluation.metrics import correct_and_count, evaluate, evaluate_segmentation, mean_loss
 
@@ -104,8 +105,11 @@ class Trainer:
         device: torch.device,
         model: Optional[nn.Module] = None,
         facts: Optional[dict] = None,
+        teacher_cache=None,
     ) -> None:
         self.cfg, self.distiller, self.device = cfg, distiller, device
+        # kdlab.data.teacher_cache.TeacherCache: the teacher's logits are looked up, not computed (training only)
+        self.teacher_cache = teacher_cache
         self.train_loader, self.val_loader = train_loader, val_loader
         # DATASET.VAL_SPLIT: val_loader holds the held-out training images (selection), this the test split
         self.test_loader = getattr(val_loader, "test_loader", None)
@@ -289,20 +293,26 @@ class Trainer:
 
     def train_step(self, batch, epoch: int, step: int, sums: torch.Tensor) -> dict:
         """One optimization step; accumulates loss/accuracy sums on device (no host sync)."""
-        image, target, index = batch
+        image, target, index, *views = batch  # a 4th item: the view ids of a per-sample augmentation (teacher cache)
         image = _to_device(image, self.device, self.channels_last)
         target = target.to(self.device, non_blocking=True)
         if self.train_batch_transform is not None:
             g = torch.Generator(device=self.device).manual_seed(mix_seed(self.cfg.EXPERIMENT.SEED, epoch, step, 2))
-            image = self.train_batch_transform(image, g)
+            if self.teacher_cache is not None:
+                image, *views = batch_views(self.train_batch_transform, image, g)
+            else:
+                image = self.train_batch_transform(image, g)
             if self.channels_last:
                 image = _to_device(image, self.device, True)
+        extras = {}
+        if self.teacher_cache is not None:
+            extras["teacher_logits"] = self.teacher_cache.lookup(index, views[0], self.device)
         skip_ok = self.cfg.SOLVER.SKIP_NONFINITE
         if skip_ok:  # a skipped batch must not leave its statistics in BatchNorm buffers either
             saved = [(b, b.detach().clone()) for n, b in self.distiller.named_buffers() if not n.startswith("teacher.")]
         with dot.unsynced_forward(self.model, self.distiller) if self.dot else contextlib.nullcontext():
             with self.autocast():
-                logits, losses = self.model(image, target, epoch=epoch, index=index)
+                logits, losses = self.model(image, target, epoch=epoch, index=index, **extras)
         loss = sum(losses.values())
         finite = torch.isfinite(loss.detach())
         self._track_nonfinite(losses, finite, epoch, step)
