@@ -306,3 +306,30 @@ def test_a_cache_built_ahead_by_tools_cache_teacher_is_used_by_auto(tmp_path, te
     record = summary["teacher_cache"]
     assert record["used"] and "built" not in record and os.path.isdir(record["path"])
     assert tc.TeacherCache.open(record["path"]).meta["teacher_test_acc"] is not None
+
+
+def test_tools_cache_teacher_follows_the_runs_cached_precision_trial(tmp_path, teachers, monkeypatch, capsys):
+    """Where a run's trial decided SOLVER.AMP / CHANNELS_LAST auto, the tool reads that decision (same key)."""
+    import json
+
+    from conftest import load_script
+
+    monkeypatch.setenv("KDLAB_CACHE_DIR", str(tmp_path / "precision"))
+    monkeypatch.setenv("KDLAB_PRECISION_TRIAL_S", "0.05")
+    opts = {"SOLVER.AMP": "auto", "SOLVER.CHANNELS_LAST": "auto", "SOLVER.MAX_STEPS_PER_EPOCH": 1}
+    first = train(_cfg("digits", tmp_path / "a", teachers, epochs=1, **opts))
+    assert first["precision"]["decided_by"] == "trial"
+    store = tmp_path / "precision" / "precision.json"
+    data = json.loads(store.read_text())
+    for entry in data["entries"].values():  # whatever the trial found, the cached decision is now NHWC
+        entry["channels_last"] = True
+    store.write_text(json.dumps(data))
+    tool = load_script("tools/cache_teacher.py", "cache_teacher_precision")
+    run_opts = {**SHORT, **opts, "DISTILLER.TEACHER_CKPT": teachers["digits"]}
+    cfg_opts = digits_opts(str(tmp_path / "b"), epochs=1, **run_opts)
+    capsys.readouterr()
+    assert tool.main(["--cfg", DIGITS["kd"], *cfg_opts]) == 0
+    assert "fp32+channels_last (decided by cache" in capsys.readouterr().err
+    second = train(_cfg("digits", tmp_path / "b", teachers, epochs=1, **opts, **{"DISTILLER.TEACHER_CACHE": "auto"}))
+    assert second["precision"]["decided_by"] == "cache" and second["precision"]["channels_last"] is True
+    assert second["teacher_cache"]["used"] and "built" not in second["teacher_cache"]

@@ -48,7 +48,7 @@ def test_build_verify_rerun_damage_and_refusal(tool, teacher_ckpt, tmp_path, cap
     path = out.splitlines()[0].removeprefix("teacher cache: ")
     assert path.startswith(os.path.join(str(tmp_path), "teacher_cache", "digits_digits_teacher_"))
     assert "1437 images x 9 views x 10 classes, float32, 0.5 MB, precision fp32" in out and "build time:" in out
-    assert "fp32+channels_last" not in err and "auto: fp32 by capability" in err
+    assert "fp32+channels_last" not in err and "(decided by capability:" in err, err
     cache = TeacherCache.open(path)
     teacher = build_model("digits_teacher", 10, in_channels=1)
     teacher.load_state_dict(torch.load(teacher_ckpt))

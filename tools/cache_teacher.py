@@ -8,9 +8,11 @@ an interruption; the teacher's test accuracy is evaluated once and stored alongs
 --verify only opens the cache and checks its size and checksums. A dataset whose training
 augmentation has no finite set of views exits with code 2 and the reason.
 
-The compute precision is part of the key: SOLVER.AMP True/False as configured; auto is decided by
-the device's capability (fp32 on CPUs, bf16/fp16 on recent GPUs), without the trial a run makes,
-so set SOLVER.AMP explicitly where a run's trial may choose otherwise.
+The compute precision is part of the key: SOLVER.AMP True/False as configured; auto as a run decides
+it but without a trial: the device's capability where it leaves one candidate, else the run's trial
+result cached for this device and config, else the capability's default (then set SOLVER.AMP
+explicitly, or train once first, where a run's trial may choose otherwise). --batch-size defaults to
+what a run's own build uses (64 image-views on a CPU, 512 on a GPU).
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                              "<LOG.PREFIX>/teacher_cache)")
     p.add_argument("--dtype", default="", choices=["", "float32", "bfloat16"],
                    help="storage dtype (default DISTILLER.TEACHER_CACHE_DTYPE, else float32)")
-    p.add_argument("--batch-size", type=int, default=512, help="image-views per teacher batch (default 512)")
+    p.add_argument("--batch-size", type=int, default=0,
+                   help="image-views per teacher batch (default: 64 on a CPU, 512 on a GPU)")
     p.add_argument("--device", default="", choices=["", "cpu", "cuda"], help="default: SOLVER.DEVICE")
     p.add_argument("--verify", action="store_true", help="only open the cache and check its size and checksums")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -46,16 +49,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run_precision(cfg, device):
-    """(cfg with SOLVER.AMP / CHANNELS_LAST concrete, how it was decided): auto by the device's capability."""
+def run_precision(cfg, device, splits):
+    """(cfg with SOLVER.AMP / CHANNELS_LAST concrete, how it was decided), as the run decides them but without a trial:
+    the config's values, the device's capability when it leaves one candidate, the run's trial result when one
+    is cached for this device and config (~/.cache/kdlab/precision.json), else the capability's default."""
+    from kdlab import distributed as dist_utils
     from kdlab.engine import precision
 
     request = precision.Request.from_cfg(cfg)
-    if not request.auto_keys:
-        return precision.apply(cfg, request.fixed()), "as configured"
     cap = precision.detect_capability(device)
-    choice = precision.fallback(precision.candidates(cap, request), cap)
-    return precision.apply(cfg, choice), f"{', '.join(request.auto_keys)} auto: {choice.label} by capability"
+    batch_size = cfg.SOLVER.BATCH_SIZE // dist_utils.world_size()
+    shape = (splits.in_channels, *splits.input_size)
+    key = precision.cache_key(cap, cfg, batch_size, shape, precision.candidates(cap, request))
+
+    def no_trial(cands):
+        return precision.Trial(None, "tools/cache_teacher.py runs no trial; a run's trial, once cached, is followed")
+
+    decision = precision.resolve(request, cap, no_trial, precision.PrecisionCache(), key)
+    return precision.apply(cfg, decision.choice), decision.describe()
 
 
 def teacher_test_acc(cfg, teacher, splits, device) -> float:
@@ -91,8 +102,8 @@ def plan_for(cfg, args):
     from kdlab.engine.builder import build_splits, build_teacher, select_device
 
     device = select_device(cfg)
-    cfg, decided = run_precision(cfg, device)
     splits = build_splits(cfg)
+    cfg, decided = run_precision(cfg, device, splits)
     teacher = build_teacher(cfg, splits)
     if cfg.SOLVER.CHANNELS_LAST:  # as the run holds it (the builder then feeds NHWC batches)
         teacher.to(memory_format=torch.channels_last)
@@ -121,6 +132,7 @@ def verify(plan, cfg_arg: str) -> int:
 def build(cfg, args, device, splits, teacher, plan) -> int:
     """Build (or finish) the cache unless a complete one is there; then measure the teacher's test accuracy once."""
     from kdlab.data.teacher_cache import CacheCorrupt, TeacherCache, build_teacher_cache
+    from kdlab.engine.teacher_cache_run import build_batch_size
     from kdlab.engine.trainer import autocast_context
 
     try:
@@ -130,7 +142,8 @@ def build(cfg, args, device, splits, teacher, plan) -> int:
     except (FileNotFoundError, CacheCorrupt):
         pass
     start = time.perf_counter()
-    cache = build_teacher_cache(teacher, plan.images, plan.views, plan.path, plan.key, batch_size=args.batch_size,
+    batch_size = args.batch_size or build_batch_size(device)
+    cache = build_teacher_cache(teacher, plan.images, plan.views, plan.path, plan.key, batch_size=batch_size,
                                 device=device, autocast=autocast_context(cfg, device), progress=cfg.LOG.PROGRESS)
     seconds = time.perf_counter() - start
     if "teacher_test_acc" not in cache.meta:
@@ -141,8 +154,8 @@ def build(cfg, args, device, splits, teacher, plan) -> int:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.batch_size < 0:
+        raise ConfigError(f"--batch-size must be >= 1 (0: the device's default), got {args.batch_size}")
     opts = list(args.opts) + (["SOLVER.DEVICE", args.device] if args.device else [])
     cfg = load_cfg(args.cfg or None, opts)
     from kdlab.engine.loggers import setup_logging

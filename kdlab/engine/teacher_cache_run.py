@@ -38,6 +38,8 @@ BUILD_BATCH_DEFAULT = 512
 
 def build_batch_size(device: torch.device) -> int:
     return BUILD_BATCH.get(torch.device(device).type, BUILD_BATCH_DEFAULT)
+
+
 DEVICE_RESIDENT_FRACTION = 0.25  # on CUDA, a cache up to this share of the free memory is copied there
 
 
