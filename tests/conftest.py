@@ -17,7 +17,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
-# Tiny models run fastest, and reproducibly, on one thread; subprocesses set their own.
+# Tiny models run fastest, and reproducibly, on one thread (the suite runs in two worker processes,
+# pytest -n 2); subprocesses set their own.
 torch.set_num_threads(1)
 # SOLVER.AMP / CHANNELS_LAST auto: no timed trial (the capability default) and no cache outside the
 # session, also for subprocesses; tests of the trial and the cache set these themselves.
