@@ -132,8 +132,8 @@ def verify(plan, cfg_arg: str) -> int:
 def build(cfg, args, device, splits, teacher, plan) -> int:
     """Build (or finish) the cache unless a complete one is there; then measure the teacher's test accuracy once."""
     from kdlab.data.teacher_cache import CacheCorrupt, TeacherCache, build_teacher_cache
+    from kdlab.engine.step_utils import autocast_context
     from kdlab.engine.teacher_cache_run import build_batch_size
-    from kdlab.engine.trainer import autocast_context
 
     try:
         print(summary(TeacherCache.open(plan.path, plan.key), None))

@@ -19,7 +19,7 @@ from kdlab.data import build_dataloaders
 from kdlab.data.batch_augment import benchmark_augment
 from kdlab.data.cifar import LAYOUTS, locate
 from kdlab.engine.builder import build_splits, select_device
-from kdlab.engine.trainer import _to_device
+from kdlab.engine.step_utils import _to_device
 from kdlab.errors import DatasetNotFoundError
 
 # Real split sizes, for the estimate of a whole run when the benchmark reads synthetic files.

@@ -29,7 +29,7 @@ from typing import Any, Optional
 import torch
 from yacs.config import CfgNode
 
-from kdlab.engine.trainer import rng_state, set_rng_state
+from kdlab.engine.step_utils import rng_state, set_rng_state
 
 log = logging.getLogger("kdlab")
 

@@ -22,8 +22,9 @@ from kdlab.engine import precision
 from kdlab.engine.builder import build_everything, select_device
 from kdlab.engine.checkpoint import load_training_state
 from kdlab.engine.loggers import setup_logging
+from kdlab.engine.step_utils import autocast_context
 from kdlab.engine.teacher_cache_run import deliver_view_ids, plan_teacher_cache
-from kdlab.engine.trainer import Trainer, autocast_context
+from kdlab.engine.trainer import Trainer
 from kdlab.errors import ConfigError
 
 log = logging.getLogger("kdlab")
