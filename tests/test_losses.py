@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from conftest import reference_table
 
+from kdlab.distillers.feature_losses import at_loss, nst_loss, pkt_loss, rkd_loss, sp_loss
 from kdlab.distillers.losses import (
-    at_loss,
     bc_loss,
     cc_loss,
     dkd_loss,
@@ -26,10 +26,6 @@ from kdlab.distillers.losses import (
     feature_mse_loss,
     kd_loss,
     mlkd_losses,
-    nst_loss,
-    pkt_loss,
-    rkd_loss,
-    sp_loss,
     standardize,
     supcon_loss,
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdlab.distillers.losses import feature_svd, kdsvd_loss, pkt_loss, rkd_terms
+from kdlab.distillers.feature_losses import feature_svd, kdsvd_loss, pkt_loss, rkd_terms
 from kdlab.errors import ConfigError
 
 

@@ -14,7 +14,7 @@ import torch
 
 from kdlab.config import load_cfg
 from kdlab.distillers import DatasetFacts, build_distiller
-from kdlab.distillers.losses import hcl_loss
+from kdlab.distillers.feature_losses import hcl_loss
 from kdlab.errors import ConfigError
 from kdlab.models import build_model, resolve_model_name
 

@@ -2,7 +2,7 @@
 
 loss_ce = AT.LOSS.CE_WEIGHT * CE;
 loss_feat = AT.LOSS.FEAT_WEIGHT * sum over the stage outputs feats["feats"][1:] (the stem excluded) of
-losses.at_loss(student map, teacher map, AT.P): the mean squared difference of the L2-normalized
+feature_losses.at_loss(student map, teacher map, AT.P): the mean squared difference of the L2-normalized
 channel means of feat**P, the larger map average-pooled to the smaller one's size first.
 The stages are paired in order and the extra stages of the deeper model are dropped (zip), as in
 mdistiller. No extra parameters; channel counts may differ.
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from kdlab.distillers.base import FeatureDistiller
 from kdlab.distillers.build import DISTILLERS
-from kdlab.distillers.losses import at_loss
+from kdlab.distillers.feature_losses import at_loss
 
 
 @DISTILLERS.register("AT")

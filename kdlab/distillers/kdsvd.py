@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from kdlab.distillers.base import FeatureDistiller
 from kdlab.distillers.build import DISTILLERS
-from kdlab.distillers.losses import kdsvd_loss
+from kdlab.distillers.feature_losses import kdsvd_loss
 from kdlab.errors import ConfigError
 
 

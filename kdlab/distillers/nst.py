@@ -2,7 +2,7 @@
 
 loss_ce = NST.LOSS.CE_WEIGHT * CE;
 loss_feat = NST.LOSS.FEAT_WEIGHT * sum over the stage outputs feats["feats"][1:] (the stem excluded) of
-losses.nst_loss(student map, teacher map): the squared MMD, polynomial kernel (x.y)^2, between the
+feature_losses.nst_loss(student map, teacher map): the squared MMD, polynomial kernel (x.y)^2, between the
 two maps' channels, each channel's activations L2-normalized over positions, the larger map
 average-pooled to the smaller one's size first. The stages are paired in order and the extra stages
 of the deeper model are dropped (zip), as in mdistiller. No extra parameters; channel counts may differ.
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from kdlab.distillers.base import FeatureDistiller
 from kdlab.distillers.build import DISTILLERS
-from kdlab.distillers.losses import nst_loss
+from kdlab.distillers.feature_losses import nst_loss
 
 
 @DISTILLERS.register("NST")

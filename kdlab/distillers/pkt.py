@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from kdlab.distillers.base import FeatureDistiller
 from kdlab.distillers.build import DISTILLERS
-from kdlab.distillers.losses import pkt_loss
+from kdlab.distillers.feature_losses import pkt_loss
 
 
 @DISTILLERS.register("PKT")

@@ -7,7 +7,7 @@ feature to the fusion width with a 1x1 conv + BN, mixes in the upsampled (neares
 the level below it with two sigmoid attention maps, resizes the result to the teacher's size
 (nearest) and maps it to the teacher's channels with a 3x3 conv + BN. The teacher's maps are
 preact_feats[1:] (each stage before its last ReLU) and pooled_feat; the review term is
-mdistiller's HCL loss (kdlab.distillers.losses.hcl_loss) between each pair:
+mdistiller's HCL loss (kdlab.distillers.feature_losses.hcl_loss) between each pair:
 
     loss_ce = CE_WEIGHT * CE;  loss_feat = REVIEWKD_WEIGHT * min(epoch / WARMUP_EPOCHS, 1) * HCL.
 
@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from kdlab.distillers.base import Distiller, cross_entropy
 from kdlab.distillers.build import DISTILLERS
 from kdlab.distillers.connectors import probe_features
-from kdlab.distillers.losses import hcl_loss
+from kdlab.distillers.feature_losses import hcl_loss
 from kdlab.errors import ConfigError
 
 log = logging.getLogger("kdlab")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from kdlab.distillers.base import FeatureDistiller
 from kdlab.distillers.build import DISTILLERS
-from kdlab.distillers.losses import rkd_loss
+from kdlab.distillers.feature_losses import rkd_loss
 
 
 @DISTILLERS.register("RKD")

@@ -1,7 +1,7 @@
 """SP: similarity-preserving distillation (Tung & Mori ICCV 2019), as mdistiller's SP.
 
 loss_ce = SP.LOSS.CE_WEIGHT * CE;
-loss_feat = SP.LOSS.FEAT_WEIGHT * losses.sp_loss(student's last stage output, teacher's) on
+loss_feat = SP.LOSS.FEAT_WEIGHT * feature_losses.sp_loss(student's last stage output, teacher's) on
 feats["feats"][-1]: the squared difference of the row-normalized B x B similarity (Gram) matrices of
 the flattened maps, summed and divided by B^2. No extra parameters; the two maps may differ in
 channels and size. mdistiller returns the term as a 1-element tensor; kdlab's is a scalar of the
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from kdlab.distillers.base import FeatureDistiller
 from kdlab.distillers.build import DISTILLERS
-from kdlab.distillers.losses import sp_loss
+from kdlab.distillers.feature_losses import sp_loss
 
 
 @DISTILLERS.register("SP")

@@ -36,7 +36,8 @@ import torch.nn as nn
 from kdlab.distillers.base import Distiller, cross_entropy
 from kdlab.distillers.build import DISTILLERS
 from kdlab.distillers.connectors import feature_shapes, probe_size
-from kdlab.distillers.losses import _f32, _match_spatial
+from kdlab.distillers.feature_losses import _match_spatial
+from kdlab.distillers.losses import _f32
 from kdlab.errors import ConfigError
 
 
