@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 import io
 import os
 import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, load_script
 
 from kdlab.cli import run_cli
 
@@ -32,10 +31,7 @@ def run_tool(tool: str, *args: str, cwd: str = REPO) -> subprocess.CompletedProc
 
 @functools.cache
 def _tool_module(tool: str):
-    spec = importlib.util.spec_from_file_location(f"kdlab_tool_{tool[:-3]}", os.path.join(REPO, "tools", tool))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"tools/{tool}", f"kdlab_tool_{tool[:-3]}")
 
 
 def call_tool(tool: str, *args: str) -> subprocess.CompletedProcess:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from collections import OrderedDict
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from conftest import load_script
 
 from kdlab.models import build_model
 
@@ -18,14 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "convert_ckpt.py"
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("convert_ckpt", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-convert_ckpt = _load_tool()
+convert_ckpt = load_script("tools/convert_ckpt.py", "convert_ckpt")
 
 
 def _random_state(name: str, num_classes: int) -> OrderedDict[str, torch.Tensor]:

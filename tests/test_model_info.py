@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch.nn as nn
+from conftest import load_script
 
 from kdlab.evaluation.model_info import model_info
 from kdlab.models import build_model
@@ -35,9 +35,7 @@ def test_published_cifar_macs(name, gmacs, params):
 
 
 def test_models_tool_prints_json_and_markdown(capsys):
-    spec = importlib.util.spec_from_file_location("models_tool", REPO / "tools" / "models.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script("tools/models.py", "models_tool")
     assert tool.main(["--model", "resnet8", "--num-classes", "10", "--runs", "1", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["model"] == "resnet8" and rows[0]["params"] == 78042 and rows[0]["macs"] > 0

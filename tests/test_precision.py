@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 import yaml
-from conftest import REPO, digits_opts
+from conftest import REPO, digits_opts, load_script
 
 from kdlab.config import load_cfg
 from kdlab.engine import precision as P
@@ -300,11 +300,7 @@ def test_yaml_auto_and_print_config(tmp_path, capsys):
                     "DISTILLER:\n  TYPE: NONE\n  STUDENT: digits_student\n")
     cfg = load_cfg(str(path))
     assert cfg.SOLVER.AMP == "auto" and cfg.SOLVER.CHANNELS_LAST is True
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_tool", os.path.join(REPO, "tools", "train.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script("tools/train.py", "train_tool")
     assert tool.main(["--cfg", DIGITS, "--print-config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["SOLVER"]["AMP"] == "auto" and printed["SOLVER"]["CHANNELS_LAST"] == "auto"

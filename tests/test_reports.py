@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import importlib.util
 import io
 import json
 import os
@@ -13,7 +12,7 @@ import statistics
 
 import matplotlib.image
 import pytest
-from conftest import REPO, digits_opts
+from conftest import REPO, digits_opts, load_script
 from test_cli import call_tool
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -32,10 +31,7 @@ def assert_png(path: str) -> None:
 
 def load_tool(name: str):
     """Import tools/<name>.py as a module (its main() runs in this process: no second torch import)."""
-    spec = importlib.util.spec_from_file_location(f"kdlab_tools_{name}", os.path.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"tools/{name}.py", f"kdlab_tools_{name}")
 
 
 def run_main(tool: str, argv: list[str]) -> str:

@@ -7,14 +7,13 @@ tiny data in the real dataset layout.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, load_script
 from fixtures_data import write_voc
 from torchvision.transforms import v2
 
@@ -47,10 +46,7 @@ def _within(count: int, target: int, rel: float = 0.05) -> bool:
 
 
 def _train_tool():
-    spec = importlib.util.spec_from_file_location("kdlab_train_tool", os.path.join(REPO, "tools/train.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/train.py", "kdlab_train_tool")
 
 
 def _metrics(prefix: str) -> dict:
@@ -301,9 +297,7 @@ def test_cifar10_distillation_configs_train_one_epoch_from_the_cli(cd_runs):
 
 
 def test_report_draws_the_seed_figures_with_one_row_per_scale(cd_runs):
-    spec = importlib.util.spec_from_file_location("kdlab_report_tool", os.path.join(REPO, "tools/report.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script("tools/report.py", "kdlab_report_tool")
     out = cd_runs / "reports"
     assert tool.main([str(cd_runs / "logs"), "--out", str(out), "--curves", "dataset"]) == 0
     # accuracy_comparison.png -> compare_cifar10.png; distillation_comparison.png (every run) -> curves_cifar10.png

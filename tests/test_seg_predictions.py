@@ -3,7 +3,6 @@ masks in VOC's palette, on the tiny VOC fixture."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
@@ -11,7 +10,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, load_script
 from fixtures_data import voc_palette, write_voc
 
 from kdlab.errors import ConfigError
@@ -24,10 +23,7 @@ CREAM = (224, 224, 192)  # label 255
 
 
 def _eval_main(argv):
-    spec = importlib.util.spec_from_file_location("kdlab_eval_tool_pred", os.path.join(REPO, "tools/eval.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main(argv)
+    return load_script("tools/eval.py", "kdlab_eval_tool_pred").main(argv)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -10,7 +9,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO
+from conftest import REPO, load_script
 from fixtures_data import write_voc
 
 from kdlab.config import get_cfg, load_cfg
@@ -259,10 +258,7 @@ def _opts(root, prefix, **extra):
 
 
 def _eval_tool():
-    spec = importlib.util.spec_from_file_location("kdlab_eval_tool", os.path.join(REPO, "tools/eval.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/eval.py", "kdlab_eval_tool")
 
 
 @pytest.fixture(scope="module")
