@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch.nn as nn
@@ -11,8 +10,6 @@ from conftest import load_script
 
 from kdlab.evaluation.model_info import model_info
 from kdlab.models import build_model
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_exact_count_for_a_single_convolution():
