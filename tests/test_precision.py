@@ -171,6 +171,9 @@ def test_cache_key_names_device_pair_method_batch_and_input():
                  "1x8x8", f"threads {torch.get_num_threads()}"):
         assert part in key, part
     assert key != P.cache_key(CPU, cfg, 32, (1, 8, 8), [FP32, FP32_CL])
+    dot = load_cfg(os.path.join(REPO, "configs/digits/kd/digits_teacher_digits_student.yaml"),
+                   ["SOLVER.TRAINER", "dot"])
+    assert "trainer base" in key and key != P.cache_key(CPU, dot, 64, (1, 8, 8), [FP32, FP32_CL])  # KD+DOT: its own
 
 
 # ---------------------------------------------------------------- trial loop (fake clock)

@@ -270,10 +270,11 @@ def cache_dir() -> str:
 
 
 def cache_key(cap: Capability, cfg: CfgNode, batch_size: int, input_shape: tuple, cands: list[Choice]) -> str:
-    """Device (+ torch version, threads), model pair, method, per-process batch, input shape, candidates."""
+    """Device (+ torch version, threads), model pair, method and trainer, per-process batch, input shape, candidates."""
     teacher = cfg.DISTILLER.TEACHER if cfg.DISTILLER.TYPE != "NONE" else "-"
     parts = [cap.device_type, cap.name, f"torch {torch.__version__}", f"threads {torch.get_num_threads()}",
-             cfg.DISTILLER.TYPE, f"{teacher}->{cfg.DISTILLER.STUDENT}", f"batch {batch_size}",
+             cfg.DISTILLER.TYPE, f"trainer {cfg.SOLVER.TRAINER}", f"{teacher}->{cfg.DISTILLER.STUDENT}",
+             f"batch {batch_size}",
              "x".join(str(int(s)) for s in input_shape), f"compile {bool(cfg.SOLVER.COMPILE)}",
              "/".join(c.label for c in cands)]
     return " | ".join(parts)
