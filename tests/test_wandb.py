@@ -6,6 +6,7 @@ import glob
 import json
 import os
 import struct
+import time
 
 import pytest
 from conftest import REPO, digits_opts
@@ -35,6 +36,19 @@ def read_records(path: str) -> list:
     return out
 
 
+def finished_records(path: str, timeout_s: float = 60.0) -> list:
+    """The records of an offline run file once its writer has appended the run's `exit` record.
+
+    wandb's service process writes the file asynchronously; under load `finish()` can return before the
+    last records reach the disk, so the test waits (up to timeout_s) for the complete file."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = read_records(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
 def _items(items) -> dict:
     return {"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in items}
 
@@ -51,7 +65,7 @@ def test_wandb_offline_run_holds_config_history_and_summary(tmp_path, monkeypatc
     summary = train(cfg)
     files = glob.glob(str(tmp_path / "wandb_dir" / "wandb" / "offline-run-*" / "run-*.wandb"))
     assert len(files) == 1
-    records = read_records(files[0])
+    records = finished_records(files[0])
     run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     assert (run.project, run.display_name) == (cfg.EXPERIMENT.PROJECT, "digits_teacher")
     config = {u.key: json.loads(u.value_json) for u in run.config.update}
