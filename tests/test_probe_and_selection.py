@@ -17,6 +17,7 @@ from kdlab.config import load_cfg
 from kdlab.distillers import DatasetFacts, build_distiller
 from kdlab.distillers.losses import kd_loss, supcon_loss
 from kdlab.engine import trainer as trainer_mod
+from kdlab.engine.builder import evaluate_checkpoint
 from kdlab.engine.run import train
 from kdlab.errors import ConfigError
 from kdlab.models import build_model
@@ -112,6 +113,12 @@ def test_classifier_stage_changes_only_the_classifier(tmp_path, supcon_run):
     assert head == sorted(["fc.0.weight", "fc.0.bias", "fc.1.weight", "fc.1.bias", "fc.1.running_mean",
                            "fc.1.running_var", "fc.1.num_batches_tracked", "fc.4.weight", "fc.4.bias"])
     assert after["fc.1.num_batches_tracked"].item() == 6  # the head's own BatchNorm trains: 2 epochs x 3 steps
+    # mdistiller's eval form (-m MODEL -c CKPT, no config) rebuilds the saved MLP head, from either file
+    assert _student_file(summary["run_dir"])["classifier"] == {"HIDDEN": [16], "BATCHNORM": True, "DROPOUT": 0.4}
+    for name in ("student_latest", "latest"):
+        report = evaluate_checkpoint(load_cfg(None, ["DISTILLER.STUDENT", "digits_teacher", "DATASET.TYPE", "digits"]),
+                                     os.path.join(summary["run_dir"], name))
+        assert report["top1"] == pytest.approx(summary["last_acc"])
     cfg = load_cfg(VANILLA_CFG, ["CLASSIFIER.HIDDEN", "[16]", "CLASSIFIER.FREEZE_BACKBONE", "True"])
     model = configure_classifier(build_model("digits_teacher", 10, in_channels=1), cfg.CLASSIFIER, 10)
     assert [type(m).__name__ for m in model.fc] == ["Linear", "ReLU", "Linear"]

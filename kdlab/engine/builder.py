@@ -132,13 +132,49 @@ def build_everything(cfg: CfgNode, splits: DatasetSplits | None = None, load_tea
     return splits, build_distiller(cfg, student, teacher, facts=dataset_facts(splits))
 
 
+def saved_classifier(obj) -> dict | None:
+    """The CLASSIFIER head (HIDDEN / BATCHNORM / DROPOUT) a kdlab checkpoint's student was built with, if any:
+    a student file's "classifier" entry, or the CLASSIFIER group of a full checkpoint's config."""
+    if not isinstance(obj, dict):
+        return None
+    if isinstance(obj.get("classifier"), dict):
+        return obj["classifier"]
+    if isinstance(obj.get("config"), str):
+        import yaml
+
+        try:
+            group = (yaml.safe_load(obj["config"]) or {}).get("CLASSIFIER")
+        except yaml.YAMLError:
+            return None
+        return group if isinstance(group, dict) else None
+    return None
+
+
+def with_saved_classifier(cfg: CfgNode, ckpt: str) -> CfgNode:
+    """cfg with the checkpoint's MLP classifier head when cfg names none (tools/eval.py -m MODEL -c CKPT)."""
+    from kdlab.models.checkpoint import safe_torch_load
+
+    if list(cfg.CLASSIFIER.HIDDEN) or not os.path.isfile(ckpt):
+        return cfg
+    head = saved_classifier(safe_torch_load(ckpt, "checkpoint"))
+    if not head or not head.get("HIDDEN"):
+        return cfg
+    out = cfg.clone()
+    out.defrost()
+    out.CLASSIFIER.HIDDEN = [int(w) for w in head["HIDDEN"]]
+    out.CLASSIFIER.BATCHNORM = bool(head.get("BATCHNORM", False))
+    out.CLASSIFIER.DROPOUT = float(head.get("DROPOUT", 0.0))
+    out.freeze()
+    return out
+
+
 def evaluate_checkpoint(cfg: CfgNode, ckpt: str) -> dict:
     """DISTILLER.STUDENT loaded from ckpt, scored by kdlab.evaluation on the test split (for tools/eval.py)."""
     splits = build_datasets(cfg, two_views=False)
     if splits.test is not None:  # DATASET.VAL_SPLIT: score the test split, not the held-out training images
         splits = dataclasses.replace(splits, val=splits.test, test=None)
     device = select_device(cfg)
-    model = build_student(cfg, splits)
+    model = build_student(with_saved_classifier(cfg, ckpt), splits)
     load_weights(model, ckpt, what="checkpoint")
     _, val_loader, _ = build_dataloaders(cfg, two_views=False, splits=splits)
     report = evaluate_model(model, val_loader, device, splits)

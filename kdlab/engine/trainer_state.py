@@ -66,10 +66,14 @@ class TrainerState:
 
     # ------------------------------------------------------------------ saving
     def _student_file(self) -> dict:
-        """The student's weights, and the method's own trained modules (e.g. a projection head) under "extra"."""
+        """The student's weights, and the method's own trained modules (e.g. a projection head) under "extra";
+        "classifier": the CLASSIFIER head it was built with (tools/eval.py -m MODEL rebuilds it)."""
         extra = {k: v for k, v in self.distiller.state_dict().items() if not k.startswith(("student.", "teacher."))}
+        c = self.cfg.CLASSIFIER
+        head = {"HIDDEN": [int(w) for w in c.HIDDEN], "BATCHNORM": bool(c.BATCHNORM), "DROPOUT": float(c.DROPOUT)}
         return {"format": "kdlab-student", "model": self.distiller.student.state_dict(), "extra": extra,
-                "arch": self.cfg.DISTILLER.STUDENT, "num_classes": self.num_classes, "epoch": self.epoch}
+                "arch": self.cfg.DISTILLER.STUDENT, "num_classes": self.num_classes, "epoch": self.epoch,
+                "classifier": head}
 
     def _save(self, epoch: int, improved: bool) -> None:
         if not self.is_main:
