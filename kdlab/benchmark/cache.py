@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from kdlab.benchmark.data import CIFAR_SIZES, sync
-from kdlab.engine.teacher_cache_run import build_batch_size, device_resident
+from kdlab.engine.teacher_cache_run import batch_views, build_batch_size, device_resident
 from kdlab.engine.trainer import Trainer
 from kdlab.errors import ConfigError
 
@@ -58,8 +58,7 @@ def check_lookup(trainer: Trainer, batch) -> float:
     """Largest |cached - teacher(view)| over one step's batch: the lookup returns the teacher's logits."""
     image = batch[0].to(trainer.device)
     g = torch.Generator(device=trainer.device).manual_seed(0)
-    views = trainer.train_batch_transform.sample_views(image.shape[0], g, image.device)
-    rendered = trainer.train_batch_transform.render(image, views)
+    rendered, views = batch_views(trainer.train_batch_transform, image, g)
     with torch.no_grad(), trainer.autocast():
         expected = trainer.distiller.teacher(rendered)[0].float()
     got = trainer.teacher_cache.lookup(batch[2], views, trainer.device)

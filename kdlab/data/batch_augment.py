@@ -123,15 +123,10 @@ class BatchCropFlipNormalize(BatchNormalize):
         """Crop each image of the zero-padded batch at (top, left), flipping where flip is True."""
         n, c, h, w = batch.shape
         p = self.padding
-        wp = w + 2 * p
         # Zeros + slice copy: much faster than F.pad for uint8 on CPU.
-        padded = batch.new_zeros((n, c, h + 2 * p, wp))
+        padded = batch.new_zeros((n, c, h + 2 * p, w + 2 * p))
         padded[:, :, p : p + h, p : p + w] = batch
-        rows = top.view(n, 1) + torch.arange(h, device=batch.device)
-        cols = torch.arange(w, device=batch.device)
-        cols = left.view(n, 1) + torch.where(flip.view(n, 1), w - 1 - cols, cols)
-        index = (rows.view(n, h, 1) * wp + cols.view(n, 1, w)).view(n, 1, h * w).expand(n, c, h * w)
-        return padded.view(n, c, -1).gather(2, index).view(n, c, h, w)
+        return gather_crops(padded, top, left, (h, w), flip)
 
     def __call__(self, batch: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         _check_batch(batch)
@@ -173,6 +168,21 @@ class BatchCropFlipNormalize(BatchNormalize):
     def __repr__(self) -> str:
         args = f"padding={self.padding}, flip={self.flip}, mean={self.mean}, std={self.std}, size={self.size}"
         return f"BatchCropFlipNormalize({args})"
+
+
+def gather_crops(
+    padded: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: tuple[int, int],
+    flip: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Image k's h x w crop at (top[k], left[k]) of a padded batch (N, C, Hp, Wp), mirrored where flip[k]:
+    one index grid and one gather for the whole batch."""
+    n, c, _, wp = padded.shape
+    h, w = size
+    rows = top.view(n, 1) + torch.arange(h, device=padded.device)
+    cols = torch.arange(w, device=padded.device)
+    cols = left.view(n, 1) + (torch.where(flip.view(n, 1), w - 1 - cols, cols) if flip is not None else cols)
+    index = (rows.view(n, h, 1) * wp + cols.view(n, 1, w)).view(n, 1, h * w).expand(n, c, h * w)
+    return padded.reshape(n, c, -1).gather(2, index).view(n, c, h, w)
 
 
 def _check_batch(batch: torch.Tensor) -> None:

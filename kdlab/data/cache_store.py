@@ -47,6 +47,7 @@ FIELDS = {
     "precision": "compute precision differs",
 }
 
+
 class CacheMismatch(ConfigError):
     """A cache whose key differs from the run's: the message names the first differing field."""
 
@@ -73,6 +74,7 @@ def key_difference(cached: dict, expected: dict) -> Optional[str]:
             what, old, new = f"{what} in {sub}", old.get(sub), new.get(sub)
         return f"{what} ({_show(old)} in the cache, {_show(new)} for this run)"
     return None
+
 
 def check_key(path: str, cached: dict, expected: dict) -> None:
     difference = key_difference(cached, expected)

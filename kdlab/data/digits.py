@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from kdlab.data.batch_augment import gather_crops
 from kdlab.data.build import DATASETS, DatasetSplits
 from kdlab.data.config_transforms import config_pipeline
 from kdlab.data.transforms import TwoViews
@@ -38,9 +39,10 @@ class TensorImageDataset(Dataset):
     def __getitem__(self, index: int):
         image = self.images[index]
         if self.return_views:
-            view = self.transform.sample_view() if self.transform is not None else 0
-            image = self.transform.apply(image, view) if self.transform is not None else image
-            return image, int(self.targets[index]), index, view
+            if self.transform is None:
+                return image, int(self.targets[index]), index, 0
+            view = self.transform.sample_view()
+            return self.transform.apply(image, view), int(self.targets[index]), index, view
         if self.transform is not None:
             image = self.transform(image)
         return image, int(self.targets[index]), index
@@ -77,14 +79,11 @@ class RandomShift:
 
     def render(self, batch: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
         """A batch (N, C, H, W), image k shifted as views[k] says."""
-        n, c, h, w = batch.shape
-        span, wp = 2 * self.pad + 1, w + 2 * self.pad
+        span = 2 * self.pad + 1
         padded = torch.nn.functional.pad(batch, (self.pad,) * 4, value=self.fill)
         views = views.to(batch.device).long()
-        rows = views.div(span, rounding_mode="floor").view(n, 1) + torch.arange(h, device=batch.device)
-        cols = views.remainder(span).view(n, 1) + torch.arange(w, device=batch.device)
-        index = (rows.view(n, h, 1) * wp + cols.view(n, 1, w)).view(n, 1, h * w).expand(n, c, h * w)
-        return padded.reshape(n, c, -1).gather(2, index).view(n, c, h, w)
+        top, left = views.div(span, rounding_mode="floor"), views.remainder(span)
+        return gather_crops(padded, top, left, tuple(batch.shape[-2:]))
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         return self.apply(image, self.sample_view())

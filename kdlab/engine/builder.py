@@ -19,6 +19,7 @@ from kdlab.distillers import DISTILLERS, build_distiller, dataset_facts, get_dis
 from kdlab.errors import ConfigError, TeacherCheckpointNotFound
 from kdlab.evaluation import evaluate_model
 from kdlab.models import build_model, load_weights, resolve_model_name
+from kdlab.models.checkpoint import extract_state_dict, safe_torch_load
 from kdlab.models.heads import configure_classifier
 
 log = logging.getLogger("kdlab")
@@ -150,13 +151,11 @@ def saved_classifier(obj) -> dict | None:
     return None
 
 
-def with_saved_classifier(cfg: CfgNode, ckpt: str) -> CfgNode:
-    """cfg with the checkpoint's MLP classifier head when cfg names none (tools/eval.py -m MODEL -c CKPT)."""
-    from kdlab.models.checkpoint import safe_torch_load
-
-    if list(cfg.CLASSIFIER.HIDDEN) or not os.path.isfile(ckpt):
+def with_saved_classifier(cfg: CfgNode, obj) -> CfgNode:
+    """cfg with a loaded checkpoint's MLP classifier head when cfg names none (tools/eval.py -m MODEL -c CKPT)."""
+    if list(cfg.CLASSIFIER.HIDDEN):
         return cfg
-    head = saved_classifier(safe_torch_load(ckpt, "checkpoint"))
+    head = saved_classifier(obj)
     if not head or not head.get("HIDDEN"):
         return cfg
     out = cfg.clone()
@@ -174,8 +173,9 @@ def evaluate_checkpoint(cfg: CfgNode, ckpt: str) -> dict:
     if splits.test is not None:  # DATASET.VAL_SPLIT: score the test split, not the held-out training images
         splits = dataclasses.replace(splits, val=splits.test, test=None)
     device = select_device(cfg)
-    model = build_student(with_saved_classifier(cfg, ckpt), splits)
-    load_weights(model, ckpt, what="checkpoint")
+    obj = safe_torch_load(ckpt, "checkpoint")  # read once: the weights, and the classifier head they need
+    model = build_student(with_saved_classifier(cfg, obj), splits)
+    load_weights(model, extract_state_dict(obj, f"checkpoint {ckpt}"), what=f"checkpoint {ckpt}")
     _, val_loader, _ = build_dataloaders(cfg, two_views=False, splits=splits)
     report = evaluate_model(model, val_loader, device, splits)
     report["model"] = cfg.DISTILLER.STUDENT

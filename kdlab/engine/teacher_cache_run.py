@@ -77,10 +77,9 @@ def run_teacher_forwards(cfg: CfgNode, num_train: int, remaining_epochs: int) ->
 
 def pays_off(cfg: CfgNode, num_train: int, num_views: int, remaining_epochs: int) -> tuple[bool, str]:
     """Whether building pays within this run (its teacher forwards >= the build's), and the sentence saying so."""
-    run, build = run_teacher_forwards(cfg, num_train, remaining_epochs), num_train * num_views
-    frac = cfg.SOLVER.MAX_STEPS_PER_EPOCH * cfg.SOLVER.BATCH_SIZE / num_train if cfg.SOLVER.MAX_STEPS_PER_EPOCH else 1
-    epochs_needed = math.ceil(num_views / min(frac, 1.0))
-    what = (f"this run's {run} teacher forwards ({remaining_epochs} epochs x {run // max(remaining_epochs, 1)} "
+    per_epoch, build = run_teacher_forwards(cfg, num_train, 1), num_train * num_views
+    run, epochs_needed = per_epoch * max(remaining_epochs, 0), math.ceil(build / per_epoch)
+    what = (f"this run's {run} teacher forwards ({remaining_epochs} epochs x {per_epoch} "
             f"images) {'are at least' if run >= build else 'are fewer than'} the {build} of building the cache "
             f"({num_train} images x {num_views} views; it pays from {epochs_needed} epochs)")
     return run >= build, what
